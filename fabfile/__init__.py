@@ -1,0 +1,8 @@
+"""replimesh's operator tasks (`fab -l` lists them)."""
+
+from invoke import Collection
+
+from .lab import tasks as lab
+
+ns = Collection()
+ns.add_collection(Collection.from_module(lab, name="lab"))
