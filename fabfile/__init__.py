@@ -2,7 +2,9 @@
 
 from invoke import Collection
 
+from . import mesh
 from .lab import tasks as lab
 
 ns = Collection()
 ns.add_collection(Collection.from_module(lab, name="lab"))
+ns.add_collection(Collection.from_module(mesh, name="mesh"))

@@ -94,6 +94,8 @@ def customize(rootfs: Path, mirror: str) -> None:
         for item in (rootfs / cache).glob("*"):
             if item.is_file():
                 item.unlink()
+    # No package lists, and dated as old: apt users (roles' cache_valid_time) update first.
+    os.utime(rootfs / "var/lib/apt/lists", (0, 0))
 
 
 def apt_sources(mirror: str) -> str:

@@ -118,6 +118,7 @@ def test_customize_strips_host_identity_and_relaxes_loginuid(tmp_path):
         assert "session    optional     pam_loginuid.so" in pam
         assert "session    required     pam_env.so" in pam
     assert not (rootfs / "var/cache/apt/archives/x.deb").exists()
+    assert (rootfs / "var/lib/apt/lists").stat().st_mtime == 0
     assert (rootfs / "usr/local/sbin/replimesh-lab-init").stat().st_mode & 0o111
 
 

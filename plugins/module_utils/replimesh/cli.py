@@ -1,0 +1,102 @@
+"""The `replimesh` command on every node: parses arguments and dispatches, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import config as node_config
+from . import peers as peer_list
+from . import state
+from .errors import ReplimeshError
+from .round import exit_code, now, run_round
+from .serve import serve
+
+EXIT_OK = 0
+EXIT_PEER_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = node_config.load(args.config)
+        return args.handler(cfg, args)
+    except ReplimeshError as error:
+        print(f"replimesh: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+
+def _sync(cfg, args) -> int:
+    def show(result):
+        if not args.json:
+            print(_peer_line(result.as_dict()), flush=True)
+    if not args.json:
+        print(f"== {now()} {cfg.node}: sync round", flush=True)
+    results = run_round(cfg, progress=show)
+    if args.json:
+        print(json.dumps({"node": cfg.node, "peers": [r.as_dict() for r in results]}, indent=2))
+    return exit_code(results)
+
+
+def _serve(cfg, args) -> int:
+    return serve(cfg, args.peer)
+
+
+def _status(cfg, args) -> int:
+    recorded = state.load(cfg.state_file)
+    if args.json:
+        print(json.dumps(recorded, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"{cfg.node}: last round {recorded.get('last_round', 'never')}")
+    for name in sorted(recorded["peers"]):
+        entry = recorded["peers"][name]
+        print(f"{_peer_line(entry)}  (at {entry.get('at')}, last ok {entry.get('last_ok')})")
+    return EXIT_OK
+
+
+def _peers_list(cfg, args) -> int:
+    peers = peer_list.load(cfg.peers_file)
+    if args.json:
+        print(json.dumps(peer_list.to_json(peers), indent=2))
+        return EXIT_OK
+    for peer in peers:
+        me = "  (this node)" if peer.name == cfg.node else ""
+        print(f"{peer.name:<16} {peer.address:<40} {peer.state}{me}")
+    return EXIT_OK
+
+
+def _peer_line(result: dict) -> str:
+    line = (f"{result['peer']:<16} {result['result']:<12} {result['duration']:>7.2f}s "
+            f"{result['files']:>6} files {result['bytes']:>12} bytes")
+    if result.get("conflicts"):
+        line += f" {result['conflicts']} conflicts"
+    return line + (f"  {result['message']}" if result.get("message") else "")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="replimesh", description=(
+        "Keep directories identical on every node of a full mesh, with Unison over SSH."))
+    parser.add_argument("--config", help=f"node config (default {node_config.DEFAULT_PATH} "
+                                          "or $REPLIMESH_CONFIG)")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    sync = verbs.add_parser("sync", help="one round against every active peer")
+    sync.add_argument("--json", action="store_true", help="print the results as JSON")
+    sync.set_defaults(handler=_sync)
+
+    serve_verb = verbs.add_parser("serve", help="the forced command of peers' SSH keys")
+    serve_verb.add_argument("--peer", required=True, help="the peer whose key this is")
+    serve_verb.set_defaults(handler=_serve)
+
+    status = verbs.add_parser("status", help="the last result of every peer")
+    status.add_argument("--json", action="store_true", help="print the state as JSON")
+    status.set_defaults(handler=_status)
+
+    peers = verbs.add_parser("peers", help="the peer list")
+    peers_verbs = peers.add_subparsers(dest="peers_verb", required=True, metavar="COMMAND")
+    peers_list = peers_verbs.add_parser("list", help="list every peer and its state")
+    peers_list.add_argument("--json", action="store_true", help="print the list as JSON")
+    peers_list.set_defaults(handler=_peers_list)
+    return parser

@@ -1,0 +1,50 @@
+"""The node's state file: the last result of every peer, read by `replimesh status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def load(path: str) -> dict[str, Any]:
+    """The recorded state; an absent file is an empty state (no round has run yet)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return {"peers": {}}
+    except (OSError, ValueError):
+        # A damaged state file only loses history: start over rather than stop syncing.
+        return {"peers": {}, "damaged": True}
+    return data if isinstance(data, dict) and isinstance(data.get("peers"), dict) \
+        else {"peers": {}, "damaged": True}
+
+
+def record(path: str, node: str, finished_at: str, results: list[dict[str, Any]]) -> None:
+    """Merge one round's per-peer results into the state file, atomically."""
+    state = load(path)
+    state.pop("damaged", None)
+    state["node"] = node
+    state["last_round"] = finished_at
+    for result in results:
+        previous = state["peers"].get(result["peer"], {})
+        entry = dict(result, at=finished_at)
+        entry["last_ok"] = finished_at if result["result"] == "ok" else previous.get("last_ok")
+        state["peers"][result["peer"]] = entry
+    write_json(path, state)
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write through a temporary file in the same folder, then rename: never half a file."""
+    folder = os.path.dirname(path) or "."
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
