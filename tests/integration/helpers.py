@@ -21,3 +21,23 @@ def wait_until(condition, deadline_s, what):
         if time.monotonic() > end:
             raise AssertionError(f"not within {deadline_s} s: {what}")
         time.sleep(0.3)
+
+
+def playbook(lab, name, *args, check=True):
+    """Run one of the project's playbooks on a lab, as an operator would."""
+    done = subprocess.run(["ansible-playbook", "-i", str(lab.inventory_dir),
+                           f"playbooks/{name}", *args],
+                          capture_output=True, text=True, timeout=900, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+    return done
+
+
+def recap(output):
+    """{host: {ok, changed, unreachable, failed, ...}} from ansible-playbook's PLAY RECAP."""
+    totals = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        words = line.split()
+        if len(words) > 2 and words[1] == ":":
+            totals[words[0]] = {k: int(v) for k, v in (w.split("=") for w in words[2:])}
+    return totals

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -87,16 +88,25 @@ def reachable(address: str, port: int, timeout: float) -> bool:
 
 
 def transferred_bytes(root: str, paths: list[str]) -> int:
-    """Size now held locally of the transferred paths (deleted ones count nothing)."""
+    """Size now held locally of the regular files among the transferred paths (deleted
+    ones, symlinks, and files gone since the session count nothing)."""
     total = 0
     for relative in paths:
         path = os.path.join(root, relative)
-        if os.path.isfile(path):
-            total += os.path.getsize(path)
-        elif os.path.isdir(path):
+        if os.path.isdir(path) and not os.path.islink(path):
             for folder, _, files in os.walk(path):
-                total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+                total += sum(_size(os.path.join(folder, f)) for f in files)
+        else:
+            total += _size(path)
     return total
+
+
+def _size(path: str) -> int:
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def exit_code(results: list[PeerResult]) -> int:

@@ -29,7 +29,8 @@ def record(path: str, node: str, finished_at: str, results: list[dict[str, Any]]
     state["node"] = node
     state["last_round"] = finished_at
     for result in results:
-        previous = state["peers"].get(result["peer"], {})
+        previous = state["peers"].get(result["peer"])
+        previous = previous if isinstance(previous, dict) else {}
         entry = dict(result, at=finished_at)
         entry["last_ok"] = finished_at if result["result"] == "ok" else previous.get("last_ok")
         state["peers"][result["peer"]] = entry

@@ -21,7 +21,7 @@ EXIT_OK, EXIT_SKIPPED, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2, 3
 
 # Unison may put a progress display ("100%  00:00 ETA") before a line: search, not match.
 _TRANSFER = re.compile(r"\[END\] (?:Copying|Updating file|Deleting) (.+?)\s*$")
-_SKIPPED = re.compile(r"(?:^|\s)skipped: (.+?)(?: \(.*\))?\s*$")
+_SKIPPED = re.compile(r"(?:^|\s)skipped: (.+?)(?: \([^()]*\))?\s*$")
 _FAILED = re.compile(r"(?:^|\s)failed: (.+?)\s*$")
 
 

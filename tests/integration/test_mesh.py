@@ -1,0 +1,185 @@
+"""The full mesh on a 4-node lab of its own: site.yml, rounds, dead peers, forced command,
+the sync module, fab mesh.*, and cron running rounds by itself."""
+
+import json
+import os
+import shlex
+import subprocess
+import time
+
+import pytest
+
+from fabfile.lab import access, control
+from fabfile.lab.nodes import Lab, list_nodes
+
+from .helpers import playbook, recap, wait_until
+
+MESH = Lab("imesh")
+ROOT = "/srv/replimesh/data"
+CONNECT_TIMEOUT = 10  # replimesh_connect_timeout's default
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    control.up(MESH, 4)
+    first = playbook(MESH, "site.yml")
+    yield {"first_run": first}
+    control.down(MESH)
+
+
+@pytest.fixture
+def nodes(mesh):
+    for node in list_nodes(MESH):
+        if node.state != "running":
+            control.start(MESH, node.name)
+    return {n.name: n for n in list_nodes(MESH)}
+
+
+def on(node, command, check=True):
+    done = access.ssh(MESH, node, command, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{node.name}: {command} failed: {done.stderr or done.stdout}")
+    return done
+
+
+def as_sync_user(node, command, check=True):
+    return on(node, f"runuser -u replimesh -- {command}", check=check)
+
+
+def write(node, name, text):
+    on(node, f"printf %s {shlex.quote(text)} > {ROOT}/{name} && chown replimesh: {ROOT}/{name}")
+
+
+def listing(node):
+    return sorted(on(node, f"ls -A {ROOT}").stdout.split())
+
+
+def sync(node):
+    done = as_sync_user(node, "replimesh sync --json", check=False)
+    return done.returncode, {p["peer"]: p for p in json.loads(done.stdout)["peers"]}
+
+
+def test_site_is_idempotent(mesh):
+    assert set(recap(mesh["first_run"].stdout)) == {"node1", "node2", "node3", "node4"}
+    again = recap(playbook(MESH, "site.yml").stdout)
+    assert {host: t["changed"] for host, t in again.items()} == dict.fromkeys(again, 0)
+
+
+def test_every_file_reaches_every_node_after_each_node_syncs_once(nodes):
+    for name, node in nodes.items():
+        write(node, f"from-{name}.txt", f"written on {name}")
+    for node in nodes.values():
+        code, peers = sync(node)
+        assert code == 0 and {p["result"] for p in peers.values()} == {"ok"}
+    expected = sorted(f"from-{name}.txt" for name in nodes)
+    for node in nodes.values():
+        assert set(expected) <= set(listing(node))
+        assert on(node, f"cat {ROOT}/from-node3.txt").stdout == "written on node3"
+
+
+def test_a_dead_peer_costs_at_most_the_connect_timeout(nodes):
+    node1 = nodes["node1"]
+    started = time.monotonic()
+    assert sync(node1)[0] == 0
+    baseline = time.monotonic() - started
+
+    control.stop(MESH, "node4")
+    write(node1, "while-node4-is-down.txt", "v1")
+    started = time.monotonic()
+    code, peers = sync(node1)
+    degraded = time.monotonic() - started
+
+    assert code == 0
+    assert peers["node4"]["result"] == "unreachable"
+    assert {peers[n]["result"] for n in ("node2", "node3")} == {"ok"}
+    assert degraded <= baseline + CONNECT_TIMEOUT + 2, (baseline, degraded)
+    for name in ("node2", "node3"):
+        assert on(nodes[name], f"cat {ROOT}/while-node4-is-down.txt").stdout == "v1"
+    status = json.loads(as_sync_user(node1, "replimesh status --json").stdout)
+    assert status["peers"]["node4"]["result"] == "unreachable"
+
+    control.start(MESH, "node4")
+    assert sync(nodes["node4"])[0] == 0
+    assert on(nodes["node4"], f"cat {ROOT}/while-node4-is-down.txt").stdout == "v1"
+
+
+@pytest.mark.parametrize("request_", [
+    "", "id", "sh -c id", "unison -server; id", "scp -t /tmp", "rsync --server . /tmp",
+])
+def test_a_peer_key_runs_nothing_but_replimesh(nodes, request_):
+    key = "/var/lib/replimesh/.ssh/id_ed25519"
+    attempt = as_sync_user(
+        nodes["node1"],
+        f"ssh -i {key} -T {nodes['node2'].address} {shlex.quote(request_)} </dev/null",
+        check=False)
+    assert attempt.returncode != 0
+    assert "replimesh: refused:" in attempt.stderr
+    assert "uid=" not in attempt.stdout
+    log = on(nodes["node2"], "tail -1 /var/log/replimesh/serve.log").stdout
+    assert " refused node1: " in log
+
+
+def test_a_peer_key_cannot_forward_ports(nodes):
+    key = "/var/lib/replimesh/.ssh/id_ed25519"
+    attempt = as_sync_user(
+        nodes["node1"],
+        f"timeout 20 ssh -i {key} -W 127.0.0.1:22 {nodes['node2'].address} </dev/null",
+        check=False)
+    assert attempt.returncode == 255
+    assert "administratively prohibited" in attempt.stderr
+
+
+def test_sync_module_check_mode_syncs_nothing_then_a_pass_converges(nodes):
+    write(nodes["node1"], "module.txt", "from the module test")
+    checked = playbook(MESH, "sync.yml", "--check")
+    assert {t["changed"] for t in recap(checked.stdout).values()} == {0}
+    assert "module.txt" not in listing(nodes["node2"])
+
+    applied = playbook(MESH, "sync.yml")
+    assert recap(applied.stdout)["node1"]["changed"] == 1
+    for node in nodes.values():
+        assert "module.txt" in listing(node)
+
+
+def test_sync_pass_goes_on_when_a_node_is_down(nodes):
+    control.stop(MESH, "node2")
+    write(nodes["node1"], "pass-without-node2.txt", "x")
+    done = playbook(MESH, "sync.yml", check=False)
+    totals = recap(done.stdout)
+    assert totals["node2"]["ignored"] == 1  # unreachable, reported
+    assert totals["node1"]["failed"] == totals["node3"]["failed"] == 0
+    assert "pass-without-node2.txt" in listing(nodes["node3"])
+
+
+def test_fab_mesh_sync_and_status(nodes):
+    env = dict(os.environ, REPLIMESH_INVENTORY=str(MESH.inventory_dir))
+    done = subprocess.run(["fab", "mesh.sync"], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert sorted(line.split()[0] for line in done.stdout.splitlines()) == sorted(nodes)
+    status = subprocess.run(["fab", "mesh.status"], capture_output=True, text=True, env=env,
+                            timeout=300, check=True).stdout.splitlines()
+    assert status[0].split() == ["NODE", "\\", "PEER", "node1", "node2", "node3", "node4"]
+    row = status[1].split()
+    assert row[:2] == ["node1", "-"] and row[2] == "ok"
+
+
+def test_bad_config_is_a_one_line_error_and_exit_2(nodes):
+    done = as_sync_user(nodes["node1"], "env REPLIMESH_CONFIG=/nonexistent replimesh sync",
+                        check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "replimesh: /nonexistent does not exist: deploy the node with playbooks/site.yml "
+        "(or point REPLIMESH_CONFIG at its config)"]
+
+
+def test_cron_runs_rounds_by_itself(nodes):
+    playbook(MESH, "site.yml", "-e", "replimesh_cron_interval=1", "-e", "replimesh_cron_splay=0")
+    try:
+        write(nodes["node3"], "by-cron.txt", "cron carried me")
+        wait_until(lambda: "by-cron.txt" in listing(nodes["node1"]), 150,
+                   "a cron round carried by-cron.txt from node3 to node1")
+        log = on(nodes["node3"], "cat /var/log/replimesh/sync.log").stdout
+        assert "node3: sync round" in log
+    finally:
+        playbook(MESH, "site.yml")

@@ -1,0 +1,121 @@
+"""The `replimesh` command: verbs, JSON output and exit codes."""
+
+import json
+
+import pytest
+
+from plugins.module_utils.replimesh import cli, state
+
+from .test_core_config import write_node
+from .test_core_round import closed_port
+
+PEERS = [{"name": "node1", "address": "10.255.0.1"},
+         {"name": "node2", "address": "127.0.0.1"},
+         {"name": "node3", "address": "127.0.0.3", "state": "removed"}]
+
+
+@pytest.fixture
+def node(tmp_path):
+    return write_node(tmp_path, PEERS, ssh_port=closed_port())
+
+
+def test_peers_list_json_prints_the_whole_list(node, capsys):
+    _, path = node
+    assert cli.main(["--config", path, "peers", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"peers": [
+        {"name": "node1", "address": "10.255.0.1", "state": "active"},
+        {"name": "node2", "address": "127.0.0.1", "state": "active"},
+        {"name": "node3", "address": "127.0.0.3", "state": "removed"}]}
+
+
+def test_peers_list_marks_this_node(node, capsys):
+    assert cli.main(["--config", node[1], "peers", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].endswith("active  (this node)")
+    assert lines[2].split() == ["node3", "127.0.0.3", "removed"]
+
+
+def test_status_json_on_an_empty_state(node, capsys):
+    assert cli.main(["--config", node[1], "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"peers": {}}
+
+
+def test_status_text_before_any_round(node, capsys):
+    assert cli.main(["--config", node[1], "status"]) == 0
+    assert capsys.readouterr().out == "node1: last round never\n"
+
+
+def test_status_text_shows_each_recorded_peer(node, capsys):
+    cfg, path = node
+    state.record(cfg.state_file, "node1", "T1", [
+        {"peer": "node2", "address": "a", "result": "ok", "duration": 1.5, "files": 2,
+         "bytes": 10, "conflicts": 1, "message": "1 conflict(s)"}])
+    assert cli.main(["--config", path, "status"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert header == "node1: last round T1"
+    assert line.split()[:4] == ["node2", "ok", "1.50s", "2"]
+    assert "1 conflicts  1 conflict(s)  (at T1, last ok T1)" in line
+
+
+def test_config_comes_from_the_environment(node, monkeypatch, capsys):
+    monkeypatch.setenv("REPLIMESH_CONFIG", node[1])
+    assert cli.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"peers": {}}
+
+
+@pytest.mark.parametrize("content", ['{"node": "n"}', "{broken", '{"node": "n", "roots": ["x"]}'])
+def test_bad_config_exits_two_with_one_line(tmp_path, capsys, content):
+    path = tmp_path / "config.json"
+    path.write_text(content, encoding="utf-8")
+    assert cli.main(["--config", str(path), "status"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("replimesh: ")
+    assert len(captured.err.splitlines()) == 1
+
+
+def test_missing_config_exits_two(tmp_path, capsys):
+    assert cli.main(["--config", str(tmp_path / "none.json"), "peers", "list"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_missing_peer_list_exits_two(tmp_path, capsys):
+    _, path = write_node(tmp_path, [])
+    (tmp_path / "peers.json").unlink()
+    assert cli.main(["--config", path, "peers", "list"]) == 2
+    assert capsys.readouterr().err.startswith("replimesh: peer list ")
+
+
+def test_sync_json_reports_an_unreachable_peer_and_exits_zero(node, capsys):
+    cfg, path = node
+    assert cli.main(["--config", path, "sync", "--json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["node"] == "node1"
+    assert [(p["peer"], p["result"]) for p in output["peers"]] == [("node2", "unreachable")]
+    assert state.load(cfg.state_file)["peers"]["node2"]["result"] == "unreachable"
+
+
+def test_sync_text_prints_a_header_and_a_line_per_peer(node, capsys):
+    assert cli.main(["--config", node[1], "sync"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.startswith("== ") and header.endswith(" node1: sync round")
+    assert line.split()[:2] == ["node2", "unreachable"]
+
+
+def test_sync_with_a_missing_root_exits_one(tmp_path, capsys):
+    _, path = write_node(tmp_path, PEERS, roots=["/nonexistent/replimesh"])
+    assert cli.main(["--config", path, "sync"]) == 1
+    assert "does not exist: not syncing it" in capsys.readouterr().out
+
+
+def test_serve_refusal_exits_one(node, monkeypatch, capsys):
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "bash")
+    assert cli.main(["--config", node[1], "serve", "--peer", "node2"]) == 1
+    assert capsys.readouterr().err.startswith("replimesh: refused: ")
+
+
+def test_a_verb_is_required(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main([])
+    assert caught.value.code == 2

@@ -1,0 +1,98 @@
+"""The replimesh_sync module, run in-process on the core package."""
+
+import importlib
+import json
+import socket
+import sys
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+import plugins.module_utils.replimesh as core
+
+from .test_core_config import write_node
+from .test_core_round import closed_port
+from .test_core_unison import TRANSFERRED, fake_unison
+
+SUBMODULES = ("config", "errors", "peers", "round", "state", "unison")
+
+
+@pytest.fixture
+def sync_module(monkeypatch):
+    """plugins/modules/replimesh_sync.py, its `ansible.module_utils.replimesh` being the core."""
+    monkeypatch.setitem(sys.modules, "ansible.module_utils.replimesh", core)
+    for name in SUBMODULES:
+        module = importlib.import_module(f"plugins.module_utils.replimesh.{name}")
+        monkeypatch.setitem(sys.modules, f"ansible.module_utils.replimesh.{name}", module)
+    return importlib.import_module("plugins.modules.replimesh_sync")
+
+
+@pytest.fixture
+def listening_port():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+def run_module(sync_module, capsys, **args):
+    with patch_module_args(args), pytest.raises(SystemExit) as caught:
+        sync_module.main()
+    return caught.value.code, json.loads(capsys.readouterr().out)
+
+
+PEERS = [{"name": "node1", "address": "10.255.0.1"},
+         {"name": "node2", "address": "127.0.0.1"},
+         {"name": "node3", "address": "127.0.0.2"},
+         {"name": "node4", "address": "127.0.0.4", "state": "removed"}]
+
+
+def test_check_mode_probes_peers_and_writes_nothing(sync_module, tmp_path, capsys,
+                                                    listening_port):
+    _, path = write_node(tmp_path, PEERS, ssh_port=listening_port)
+    code, result = run_module(sync_module, capsys, config=path, _ansible_check_mode=True)
+    assert code == 0
+    assert result["changed"] is False
+    assert [(p["peer"], p["result"]) for p in result["peers"]] == \
+        [("node2", "ok"), ("node3", "unreachable")]
+    assert {p["message"] for p in result["peers"]} == {"check mode: not synced"}
+    assert (result["unreachable_peers"], result["failed_peers"], result["files"]) == \
+        (["node3"], [], 0)
+    # ansible-core 2.19 returns each warning as a structured summary
+    assert "peer node3 is unreachable" in json.dumps(result["warnings"])
+    assert "node2" not in json.dumps(result["warnings"])
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_round_with_unreachable_peers_is_ok_and_recorded(sync_module, tmp_path, capsys):
+    cfg, path = write_node(tmp_path, PEERS, ssh_port=closed_port())
+    code, result = run_module(sync_module, capsys, config=path)
+    assert (code, result["changed"]) == (0, False)
+    assert result["unreachable_peers"] == ["node2", "node3"]
+    assert "failed" not in result or result["failed"] is False
+    assert sorted(core.state.load(cfg.state_file)["peers"]) == ["node2", "node3"]
+
+
+def test_transferred_files_mean_changed(sync_module, tmp_path, capsys, listening_port):
+    (tmp_path / "data").mkdir()
+    program, _ = fake_unison(tmp_path, {str(tmp_path / "data"): (0, TRANSFERRED)})
+    cfg, path = write_node(tmp_path, PEERS, ssh_port=listening_port, unison=program)
+    code, result = run_module(sync_module, capsys, config=path)
+    assert (code, result["changed"], result["files"]) == (0, True, 1)
+    assert result["unreachable_peers"] == ["node3"]
+    assert core.state.load(cfg.state_file)["peers"]["node2"]["result"] == "ok"
+
+
+def test_failed_peer_fails_the_task(sync_module, tmp_path, capsys):
+    _, path = write_node(tmp_path, PEERS, roots=["/nonexistent/replimesh"])
+    code, result = run_module(sync_module, capsys, config=path)
+    assert code == 1
+    assert result["failed"] is True
+    assert result["failed_peers"] == ["node2", "node3"]
+    assert result["msg"].startswith("sync failed with node2 (local root /nonexistent/replimesh")
+
+
+def test_bad_config_fails_with_its_message(sync_module, tmp_path, capsys):
+    code, result = run_module(sync_module, capsys, config=str(tmp_path / "none.json"))
+    assert (code, result["failed"]) == (1, True)
+    assert "does not exist: deploy the node" in result["msg"]
