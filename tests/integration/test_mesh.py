@@ -17,6 +17,7 @@ from .helpers import playbook, recap, wait_until
 MESH = Lab("imesh")
 ROOT = "/srv/replimesh/data"
 CONNECT_TIMEOUT = 10  # replimesh_connect_timeout's default
+KNOWN_HOSTS = "cat /var/lib/replimesh/.ssh/known_hosts"
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +67,14 @@ def test_site_is_idempotent(mesh):
 
 
 def test_every_file_reaches_every_node_after_each_node_syncs_once(nodes):
+    pinned = {name: on(node, KNOWN_HOSTS).stdout for name, node in nodes.items()}
     for name, node in nodes.items():
         write(node, f"from-{name}.txt", f"written on {name}")
     for node in nodes.values():
         code, peers = sync(node)
         assert code == 0 and {p["result"] for p in peers.values()} == {"ok"}
+    # Rounds never add host keys to what the deploy pinned.
+    assert {name: on(node, KNOWN_HOSTS).stdout for name, node in nodes.items()} == pinned
     expected = sorted(f"from-{name}.txt" for name in nodes)
     for node in nodes.values():
         assert set(expected) <= set(listing(node))
