@@ -3,7 +3,9 @@
 import pytest
 
 from fabfile.lab import control
-from fabfile.lab.nodes import Lab, list_nodes
+from fabfile.lab.nodes import Lab
+
+from .helpers import running_nodes
 
 ITEST = Lab("itest")
 
@@ -17,8 +19,4 @@ def lab():
 
 @pytest.fixture
 def nodes(lab):
-    """The lab's nodes, all running: a test that stops one gets it back for the next."""
-    for node in list_nodes(lab):
-        if node.state != "running":
-            control.start(lab, node.name)
-    return list_nodes(lab)
+    return running_nodes(lab)

@@ -4,6 +4,9 @@ import os
 import subprocess
 import time
 
+from fabfile.lab import control
+from fabfile.lab.nodes import list_nodes
+
 
 def fab(*args, lab_name, check=True):
     """Run the operator's real CLI, as an operator would."""
@@ -41,3 +44,11 @@ def recap(output):
         if len(words) > 2 and words[1] == ":":
             totals[words[0]] = {k: int(v) for k, v in (w.split("=") for w in words[2:])}
     return totals
+
+
+def running_nodes(lab):
+    """The lab's nodes, all running: a test that stopped one gets it back for the next."""
+    for node in list_nodes(lab):
+        if node.state != "running":
+            control.start(lab, node.name)
+    return list_nodes(lab)

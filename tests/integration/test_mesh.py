@@ -10,9 +10,9 @@ import time
 import pytest
 
 from fabfile.lab import access, control
-from fabfile.lab.nodes import Lab, list_nodes
+from fabfile.lab.nodes import Lab
 
-from .helpers import playbook, recap, wait_until
+from .helpers import playbook, recap, running_nodes, wait_until
 
 MESH = Lab("imesh")
 ROOT = "/srv/replimesh/data"
@@ -30,10 +30,7 @@ def mesh():
 
 @pytest.fixture
 def nodes(mesh):
-    for node in list_nodes(MESH):
-        if node.state != "running":
-            control.start(MESH, node.name)
-    return {n.name: n for n in list_nodes(MESH)}
+    return {n.name: n for n in running_nodes(MESH)}
 
 
 def on(node, command, check=True):
@@ -173,8 +170,8 @@ def test_bad_config_is_a_one_line_error_and_exit_2(nodes):
                         check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "replimesh: /nonexistent does not exist: deploy the node with playbooks/site.yml "
-        "(or point REPLIMESH_CONFIG at its config)"]
+        "replimesh: config /nonexistent does not exist: deploy the node with "
+        "playbooks/site.yml (or point REPLIMESH_CONFIG at the node's config)"]
 
 
 def test_cron_runs_rounds_by_itself(nodes):

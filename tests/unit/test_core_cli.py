@@ -6,8 +6,7 @@ import pytest
 
 from plugins.module_utils.replimesh import cli, state
 
-from .test_core_config import write_node
-from .test_core_round import closed_port
+from .support import closed_port, write_node
 
 PEERS = [{"name": "node1", "address": "10.255.0.1"},
          {"name": "node2", "address": "127.0.0.1"},

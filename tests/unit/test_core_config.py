@@ -1,29 +1,12 @@
 """The node's config: what parse accepts, what it refuses and how it says so."""
 
-import json
 
 import pytest
 
 from plugins.module_utils.replimesh import config
 from plugins.module_utils.replimesh.errors import ConfigError, ReplimeshError
 
-
-def write_node(tmp_path, peers, node="node1", **settings):
-    """A node's files in tmp_path: config.json, peers.json, one root and a log folder.
-
-    Returns (Config, path of config.json). Shared by the other core tests.
-    """
-    root = tmp_path / "data"
-    root.mkdir(exist_ok=True)
-    (tmp_path / "log").mkdir(exist_ok=True)
-    peers_file = tmp_path / "peers.json"
-    peers_file.write_text(json.dumps({"peers": peers}), encoding="utf-8")
-    data = {"node": node, "roots": [str(root)], "peers_file": str(peers_file),
-            "state_file": str(tmp_path / "state.json"), "log_dir": str(tmp_path / "log"),
-            "connect_timeout": 1, **settings}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return config.parse(data), str(path)
+from .support import write_node
 
 
 def test_minimal_config_gets_the_defaults():

@@ -1,32 +1,13 @@
 """One sync round: per-peer outcomes, byte counts, exit codes and the recorded state."""
 
 import os
-import socket
-
-import pytest
 
 from plugins.module_utils.replimesh import round as sync_round
 from plugins.module_utils.replimesh import state
 from plugins.module_utils.replimesh.peers import Peer
 from plugins.module_utils.replimesh.round import FAILED, OK, UNREACHABLE, PeerResult
 
-from .test_core_config import write_node
-from .test_core_unison import CONFLICT, FATAL, TRANSFERRED, calls_of, fake_unison
-
-
-def closed_port():
-    """A local port nobody listens on (bound once, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def listening_port():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        yield server.getsockname()[1]
+from .support import CONFLICT, FATAL, TRANSFERRED, calls_of, closed_port, fake_unison, write_node
 
 
 def peer_list(*names, address="127.0.0.1"):

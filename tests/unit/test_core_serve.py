@@ -7,7 +7,7 @@ import pytest
 from plugins.module_utils.replimesh import serve
 from plugins.module_utils.replimesh.serve import Refused
 
-from .test_core_config import write_node
+from .support import write_node
 
 PEERS = [{"name": "node1", "address": "10.0.0.1"},
          {"name": "node2", "address": "10.0.0.2"},

@@ -2,7 +2,6 @@
 
 import importlib
 import json
-import socket
 import sys
 
 import pytest
@@ -10,9 +9,7 @@ from ansible.module_utils.testing import patch_module_args
 
 import plugins.module_utils.replimesh as core
 
-from .test_core_config import write_node
-from .test_core_round import closed_port
-from .test_core_unison import TRANSFERRED, fake_unison
+from .support import TRANSFERRED, closed_port, fake_unison, write_node
 
 SUBMODULES = ("config", "errors", "peers", "round", "state", "unison")
 
@@ -25,14 +22,6 @@ def sync_module(monkeypatch):
         module = importlib.import_module(f"plugins.module_utils.replimesh.{name}")
         monkeypatch.setitem(sys.modules, f"ansible.module_utils.replimesh.{name}", module)
     return importlib.import_module("plugins.modules.replimesh_sync")
-
-
-@pytest.fixture
-def listening_port():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        yield server.getsockname()[1]
 
 
 def run_module(sync_module, capsys, **args):

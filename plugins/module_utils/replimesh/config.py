@@ -10,6 +10,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/replimesh/config.json"
+DEPLOY_HINT = "deploy the node with playbooks/site.yml"
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,19 @@ _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_fil
 
 def load(path: str | None = None) -> Config:
     path = path or os.environ.get("REPLIMESH_CONFIG", DEFAULT_PATH)
+    return parse(read_json(path, "config", DEPLOY_HINT + " (or point REPLIMESH_CONFIG at "
+                                             "the node's config)"), path)
+
+
+def read_json(path: str, what: str, hint: str) -> Any:
+    """A deployed JSON file; a missing or unreadable one is a ConfigError saying so."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist: deploy the node with playbooks/site.yml "
-                          "(or point REPLIMESH_CONFIG at its config)") from None
+        raise ConfigError(f"{what} {path} does not exist: {hint}") from None
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} cannot be read as JSON: {error}") from None
-    return parse(data, path)
+        raise ConfigError(f"{what} {path} cannot be read as JSON: {error}") from None
 
 
 def parse(data: Any, origin: str = "config") -> Config:

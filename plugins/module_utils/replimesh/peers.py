@@ -6,11 +6,11 @@ the whole list, itself included.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from .config import DEPLOY_HINT, read_json
 from .errors import ConfigError
 
 STATES = ("active", "removed")
@@ -25,15 +25,7 @@ class Peer:
 
 
 def load(path: str) -> list[Peer]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"peer list {path} does not exist: deploy with playbooks/site.yml") \
-            from None
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"peer list {path} cannot be read as JSON: {error}") from None
-    return parse(data, path)
+    return parse(read_json(path, "peer list", DEPLOY_HINT), path)
 
 
 def parse(data: Any, origin: str = "peer list") -> list[Peer]:

@@ -1,0 +1,14 @@
+"""Fixtures of the unit tests."""
+
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def listening_port():
+    """A local port that takes connections, for as long as the test runs."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
