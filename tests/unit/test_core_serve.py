@@ -97,3 +97,13 @@ def test_unwritable_log_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "id")
     assert serve.serve(cfg, "node2") == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_an_unreadable_peer_list_refuses_and_is_logged(tmp_path, monkeypatch, capsys):
+    cfg, _ = write_node(tmp_path, [{"name": "node1", "address": "10.0.0.1"},
+                                   {"name": "node2", "address": "10.0.0.2"}])
+    (tmp_path / "peers.json").write_text("{broken", encoding="utf-8")
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "unison -server")
+    assert serve.serve(cfg, "node2") == 1
+    assert "cannot be read as JSON" in capsys.readouterr().err
+    assert "refused node2: peer list" in (tmp_path / "log" / "serve.log").read_text()

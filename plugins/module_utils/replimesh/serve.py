@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from . import peers as peer_list
 from . import unison
 from .config import Config
+from .errors import ConfigError
 
 # What Unison's client asks the server side to run (`<servercmd> -server`); newer
 # releases may add flags of their own after it.
@@ -47,7 +48,7 @@ def serve(cfg: Config, peer: str) -> int:
     original = os.environ.get("SSH_ORIGINAL_COMMAND")
     try:
         argv = check(cfg, peer, original)
-    except Refused as refusal:
+    except (Refused, ConfigError) as refusal:  # an unreadable peer list refuses everyone
         log(cfg, f"refused {peer}: {refusal}")
         print(f"replimesh: refused: {refusal}", file=sys.stderr)
         return 1
