@@ -8,7 +8,7 @@ from plugins.module_utils.replimesh import cli, state
 
 from .support import closed_port, write_node
 
-PEERS = [{"name": "node1", "address": "10.255.0.1"},
+PEERS = [{"name": "node1", "address": "127.0.0.11"},
          {"name": "node2", "address": "127.0.0.1"},
          {"name": "node3", "address": "127.0.0.3", "state": "removed"}]
 
@@ -22,7 +22,7 @@ def test_peers_list_json_prints_the_whole_list(node, capsys):
     _, path = node
     assert cli.main(["--config", path, "peers", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"peers": [
-        {"name": "node1", "address": "10.255.0.1", "state": "active"},
+        {"name": "node1", "address": "127.0.0.11", "state": "active"},
         {"name": "node2", "address": "127.0.0.1", "state": "active"},
         {"name": "node3", "address": "127.0.0.3", "state": "removed"}]}
 

@@ -7,11 +7,20 @@ from plugins.module_utils.replimesh import state
 from plugins.module_utils.replimesh.peers import Peer
 from plugins.module_utils.replimesh.round import FAILED, OK, UNREACHABLE, PeerResult
 
-from .support import CONFLICT, FATAL, TRANSFERRED, calls_of, closed_port, fake_unison, write_node
+from .support import (
+    CONFLICT,
+    FATAL,
+    SOME_FAILED,
+    TRANSFERRED,
+    calls_of,
+    closed_port,
+    fake_unison,
+    write_node,
+)
 
 
 def peer_list(*names, address="127.0.0.1"):
-    return [{"name": name, "address": address if name != "node1" else "10.255.0.1"}
+    return [{"name": name, "address": address if name != "node1" else "127.0.0.11"}
             for name in names]
 
 
@@ -118,3 +127,12 @@ def test_now_is_utc_to_the_second():
     stamp = sync_round.now()
     assert stamp.endswith("+00:00")
     assert "." not in stamp
+
+
+def test_failed_paths_are_named_in_the_message(tmp_path, listening_port):
+    root = str(tmp_path / "data")
+    program, _ = fake_unison(tmp_path, {root: (2, SOME_FAILED)})
+    cfg, _ = write_node(tmp_path, [], ssh_port=listening_port, unison=program)
+    result = sync_round.sync_peer(cfg, Peer("node2", "127.0.0.1"))
+    assert result.result == FAILED
+    assert result.message == f"{root}: failed: b.txt (1 path(s) failed: b.txt)"

@@ -7,7 +7,7 @@ from plugins.module_utils.replimesh.peers import Peer
 
 from .support import CONFLICT, FATAL, SOME_FAILED, TRANSFERRED, calls_of, fake_unison
 
-PEER = Peer("node2", "10.0.0.2")
+PEER = Peer("node2", "127.0.0.2")
 
 def test_transfer_is_read_after_the_progress_display():
     session = unison.parse(0, TRANSFERRED)
@@ -73,7 +73,7 @@ def test_command_targets_the_same_absolute_path_on_the_peer():
     cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "user": "sync", "ssh_port": 2222,
                         "connect_timeout": 4})
     argv = unison.command(cfg, "/srv/d", PEER)
-    assert argv[:3] == ["/usr/bin/unison", "/srv/d", "ssh://sync@10.0.0.2//srv/d"]
+    assert argv[:3] == ["/usr/bin/unison", "/srv/d", "ssh://sync@127.0.0.2//srv/d"]
     assert {"-batch", "-times", "-log=false"} <= set(argv)
     assert argv[argv.index("-sshargs") + 1] == "-o ConnectTimeout=4 -p 2222"
     assert argv[argv.index("-ui") + 1] == "text"

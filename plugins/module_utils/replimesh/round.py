@@ -69,7 +69,9 @@ def sync_peer(cfg: Config, peer: Peer) -> PeerResult:
         result.conflicts += len(session.conflicts)
         if session.exit_code not in (unison.EXIT_OK, unison.EXIT_SKIPPED):
             result.result = FAILED
-            problems.append(f"{root}: {session.error}")
+            failed = (f" ({len(session.failed)} path(s) failed: "
+                      f"{', '.join(session.failed[:3])})" if session.failed else "")
+            problems.append(f"{root}: {session.error}{failed}")
         elif session.conflicts:
             problems.append(f"{root}: {len(session.conflicts)} conflict(s) left as they are: "
                             + ", ".join(session.conflicts[:3]))
