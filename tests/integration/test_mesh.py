@@ -152,17 +152,38 @@ def test_sync_pass_goes_on_when_a_node_is_down(nodes):
     assert "pass-without-node2.txt" in listing(nodes["node3"])
 
 
-def test_fab_mesh_sync_and_status(nodes):
+def fab_mesh(task):
     env = dict(os.environ, REPLIMESH_INVENTORY=str(MESH.inventory_dir))
-    done = subprocess.run(["fab", "mesh.sync"], capture_output=True, text=True, env=env,
+    return subprocess.run(["fab", task], capture_output=True, text=True, env=env,
                           timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    assert sorted(line.split()[0] for line in done.stdout.splitlines()) == sorted(nodes)
-    status = subprocess.run(["fab", "mesh.status"], capture_output=True, text=True, env=env,
-                            timeout=300, check=True).stdout.splitlines()
+
+
+def test_fab_mesh_sync_and_status(nodes):
+    # Converged first: rounds started at once on every node then have nothing to carry.
+    # (Two of them carrying the same new file at once can fail one path until the next
+    # round; replica locks come with the fault-tolerance issue.)
+    playbook(MESH, "sync.yml")
+    done = fab_mesh("mesh.sync")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()}
+    assert lines == dict.fromkeys(nodes, "ok")
+
+    status = fab_mesh("mesh.status").stdout.splitlines()
     assert status[0].split() == ["NODE", "\\", "PEER", "node1", "node2", "node3", "node4"]
-    row = status[1].split()
-    assert row[:2] == ["node1", "-"] and row[2] == "ok"
+    row = status[1].split()  # node1 - ok 2s ok 2s ok 2s
+    assert row[:2] == ["node1", "-"] and row[2::2] == ["ok"] * 3
+
+
+def test_fab_mesh_sync_reports_a_node_that_is_down(nodes):
+    control.stop(MESH, "node3")
+    done = fab_mesh("mesh.sync")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "mesh: 1 of 4 nodes did not complete their round"
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert lines["node3"].split()[1] == "UNREACHABLE"
+    assert "node3 unreachable" in lines["node1"]
+    status = fab_mesh("mesh.status").stdout
+    assert "node3: status not read" in status
 
 
 def test_bad_config_is_a_one_line_error_and_exit_2(nodes):

@@ -77,15 +77,21 @@ import json, os, sys
 with open({calls!r}, "a", encoding="utf-8") as out:
     out.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(),
                           "host": os.environ.get("UNISONLOCALHOSTNAME")}}) + "\\n")
+with open({calls!r}, encoding="utf-8") as handle:
+    earlier = sum(json.loads(line)["argv"][0] == sys.argv[1] for line in handle) - 1
 with open({plan!r}, encoding="utf-8") as handle:
-    code, output = json.load(handle)[sys.argv[1]]
+    outcomes = json.load(handle)[sys.argv[1]]
+if isinstance(outcomes[0], int):  # one outcome for every call
+    outcomes = [outcomes]
+code, output = outcomes[min(earlier, len(outcomes) - 1)]
 sys.stdout.write(output)
 sys.exit(code)
 """
 
 
 def fake_unison(folder, plan):
-    """An executable standing in for unison: {root: (exit code, output)}; every call is
+    """An executable standing in for unison: {root: (exit code, output)}, or {root: [the
+    outcome of the first call, of the second, ... (the last repeats)]}; every call is
     appended as JSON to folder/calls.jsonl. Returns (program path, calls path)."""
     calls, plan_file, program = (folder / "calls.jsonl", folder / "plan.json",
                                  folder / "fake-unison")
@@ -98,3 +104,10 @@ def fake_unison(folder, plan):
 
 def calls_of(calls):
     return [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
+
+LOCKED = """\
+Unison 2.52.1 (ocaml 4.13.1): Contacting server...
+Connected [//node1//srv/replimesh/data -> //node2//srv/replimesh/data]
+Warning: the archives are locked.
+If no other instance of unison is running, the locks should be removed.
+"""

@@ -5,7 +5,15 @@ import os
 from plugins.module_utils.replimesh import config, unison
 from plugins.module_utils.replimesh.peers import Peer
 
-from .support import CONFLICT, FATAL, SOME_FAILED, TRANSFERRED, calls_of, fake_unison
+from .support import (
+    CONFLICT,
+    FATAL,
+    LOCKED,
+    SOME_FAILED,
+    TRANSFERRED,
+    calls_of,
+    fake_unison,
+)
 
 PEER = Peer("node2", "127.0.0.2")
 
@@ -94,3 +102,20 @@ def test_run_parses_what_the_program_prints(tmp_path):
     call, = calls_of(calls)
     assert call["argv"] == unison.command(cfg, "/srv/d", PEER)[1:]
     assert (call["cwd"], call["host"]) == ("/", "node1")
+
+
+def test_locked_archives_are_waited_for(tmp_path):
+    program, calls = fake_unison(tmp_path, {"/srv/d": [(3, LOCKED), (3, LOCKED), (0, TRANSFERRED)]})
+    cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
+    session = unison.run_when_unlocked(cfg, "/srv/d", PEER, wait_s=10)
+    assert (session.exit_code, session.locked, session.transferred) == (0, False, ["node1.txt"])
+    assert len(calls_of(calls)) == 3
+
+
+def test_archives_locked_for_too_long_give_up_saying_why(tmp_path):
+    program, calls = fake_unison(tmp_path, {"/srv/d": (3, LOCKED)})
+    cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
+    session = unison.run_when_unlocked(cfg, "/srv/d", PEER, wait_s=1)
+    assert session.locked and session.exit_code == 3
+    assert session.error.startswith("Unison's archives stayed locked by another session for 1 s")
+    assert 1 <= len(calls_of(calls)) <= 3

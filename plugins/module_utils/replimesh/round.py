@@ -63,7 +63,7 @@ def sync_peer(cfg: Config, peer: Peer) -> PeerResult:
     result = PeerResult(peer.name, peer.address, OK, 0.0)
     problems = []
     for root in cfg.roots:
-        session = unison.run(cfg, root, peer)
+        session = unison.run_when_unlocked(cfg, root, peer)
         result.files += len(session.transferred)
         result.bytes += transferred_bytes(root, session.transferred)
         result.conflicts += len(session.conflicts)

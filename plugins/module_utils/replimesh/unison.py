@@ -8,9 +8,11 @@ parsed for what the round reports: files transferred, conflicts skipped, errors.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from .config import Config
@@ -18,6 +20,9 @@ from .peers import Peer
 
 # Unison's exit codes (manual, "Exit code").
 EXIT_OK, EXIT_SKIPPED, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2, 3
+# What Unison says when another session holds the archives of this pair of replicas.
+ARCHIVES_LOCKED = "the archives are locked"
+LOCK_WAIT_S = 60
 
 # Unison may put a progress display ("100%  00:00 ETA") before a line: search, not match.
 _TRANSFER = re.compile(r"\[END\] (?:Copying|Updating file|Deleting) (.+?)\s*$")
@@ -34,6 +39,7 @@ class Session:
     failed: list[str] = field(default_factory=list)
     error: str = ""
     timed_out: bool = False
+    locked: bool = False  # another session held the archives: nothing was done
 
 
 def command(cfg: Config, root: str, peer: Peer) -> list[str]:
@@ -42,6 +48,23 @@ def command(cfg: Config, root: str, peer: Peer) -> list[str]:
     ssh_args = f"-o ConnectTimeout={cfg.connect_timeout} -p {cfg.ssh_port}"
     return [cfg.unison, root, remote, "-batch", "-times", "-log=false",
             "-sshargs", ssh_args, "-ui", "text"]
+
+
+def run_when_unlocked(cfg: Config, root: str, peer: Peer, wait_s: float = LOCK_WAIT_S) -> Session:
+    """Run a session; while another session holds the archives (two rounds meeting on the
+    same replicas), try again after a short random pause, for at most wait_s seconds."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.5
+    while True:
+        session = run(cfg, root, peer)
+        if not session.locked or time.monotonic() + pause > deadline:
+            break
+        time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters do not retry in step
+        pause = min(pause * 2, 8.0)
+    if session.locked:
+        session.error = (f"Unison's archives stayed locked by another session for {wait_s:g} s: "
+                         "gave up (if no Unison runs on either node, a lock was left behind)")
+    return session
 
 
 def run(cfg: Config, root: str, peer: Peer) -> Session:
@@ -72,6 +95,8 @@ def parse(exit_code: int, output: str) -> Session:
     session = Session(exit_code)
     lines = output.replace("\r", "\n").splitlines()
     for number, line in enumerate(lines):
+        if ARCHIVES_LOCKED in line:
+            session.locked = True
         if match := _TRANSFER.search(line):
             session.transferred.append(match.group(1))
         elif match := _SKIPPED.search(line):
