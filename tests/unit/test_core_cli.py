@@ -1,16 +1,19 @@
 """The `replimesh` command: verbs, JSON output and exit codes."""
 
+import io
 import json
+from pathlib import Path
 
 import pytest
 
-from plugins.module_utils.replimesh import cli, state
+from plugins.module_utils.replimesh import cli, membership, state
+from plugins.module_utils.replimesh import peers as peer_list
 
-from .support import closed_port, write_node
+from .support import closed_port, signed, write_node
 
 PEERS = [{"name": "node1", "address": "127.0.0.11"},
          {"name": "node2", "address": "127.0.0.1"},
-         {"name": "node3", "address": "127.0.0.3", "state": "removed"}]
+         {"name": "node3", "state": "removed", "version": 2}]
 
 
 @pytest.fixture
@@ -18,21 +21,65 @@ def node(tmp_path):
     return write_node(tmp_path, PEERS, ssh_port=closed_port())
 
 
-def test_peers_list_json_prints_the_whole_list(node, capsys):
+def test_peers_list_json_prints_the_whole_signed_list(node, capsys):
     _, path = node
     assert cli.main(["--config", path, "peers", "list", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"peers": [
-        {"name": "node1", "address": "127.0.0.11", "state": "active"},
-        {"name": "node2", "address": "127.0.0.1", "state": "active"},
-        {"name": "node3", "address": "127.0.0.3", "state": "removed"}]}
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == peer_list.to_json(signed(PEERS))
+    assert printed["format"] == 2
+    assert all(e["signature"].startswith("-----BEGIN SSH SIGNATURE") for e in printed["peers"])
 
 
 def test_peers_list_marks_this_node(node, capsys):
     assert cli.main(["--config", node[1], "peers", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
-    assert lines[0].endswith("active  (this node)")
-    assert lines[2].split() == ["node3", "127.0.0.3", "removed"]
+    assert lines[0].split() == ["node1", "v1", "active", "127.0.0.11", "(this", "node)"]
+    assert lines[1].split() == ["node2", "v1", "active", "127.0.0.1"]
+    assert lines[2].split() == ["node3", "v2", "removed", "-"]
+
+
+def test_peers_accept_from_stdin_takes_signed_entries(node, monkeypatch, capsys):
+    cfg, path = node
+    sent = peer_list.dumps(signed([*PEERS, {"name": "node4"}]))
+    monkeypatch.setattr("sys.stdin", io.StringIO(sent))
+    assert cli.main(["--config", path, "peers", "accept", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"node": "node1", "changed": ["node4"],
+                                                   "ignored": []}
+    assert sorted(membership.load(cfg)) == ["node1", "node2", "node3", "node4"]
+    assert "node4" in Path(cfg.authorized_keys).read_text(encoding="utf-8")
+    assert "took node4 v1 active 127.0.0.4 from stdin" in \
+        Path(cfg.log_dir, "peers.log").read_text(encoding="utf-8")
+
+
+def test_peers_accept_from_a_file(node, tmp_path, capsys):
+    _, path = node
+    (tmp_path / "signed.json").write_text(peer_list.dumps(signed(PEERS)), encoding="utf-8")
+    assert cli.main(["--config", path, "peers", "accept", str(tmp_path / "signed.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] == []
+
+
+def test_peers_accept_exits_one_when_entries_are_ignored(node, monkeypatch, capsys):
+    cfg, path = node
+    before = Path(cfg.peers_file).read_bytes()
+    sent = peer_list.dumps(signed([{"name": "node4", "owner": "impostor"}]))
+    monkeypatch.setattr("sys.stdin", io.StringIO(sent))
+    assert cli.main(["--config", path, "peers", "accept", "-"]) == 1
+    assert json.loads(capsys.readouterr().out) == {"node": "node1", "changed": [],
+                                                   "ignored": ["node4"]}
+    assert Path(cfg.peers_file).read_bytes() == before
+
+
+@pytest.mark.parametrize("source, needle", [
+    ("missing.json", "replimesh: cannot read missing.json: No such file or directory"),
+    ("-", "replimesh: peer list from stdin is not JSON"),
+])
+def test_peers_accept_of_something_unreadable_exits_two(node, monkeypatch, capsys, source,
+                                                        needle):
+    monkeypatch.chdir(node[0].log_dir)
+    monkeypatch.setattr("sys.stdin", io.StringIO("{half"))
+    assert cli.main(["--config", node[1], "peers", "accept", source]) == 2
+    assert capsys.readouterr().err.startswith(needle)
 
 
 def test_status_json_on_an_empty_state(node, capsys):
@@ -55,6 +102,16 @@ def test_status_text_shows_each_recorded_peer(node, capsys):
     assert header == "node1: last round T1"
     assert line.split()[:4] == ["node2", "ok", "1.50s", "2"]
     assert "1 conflicts  1 conflict(s)  (at T1, last ok T1)" in line
+
+
+def test_status_text_names_what_a_session_learned(node, capsys):
+    cfg, path = node
+    state.record(cfg.state_file, "node1", "T1", [
+        {"peer": "node2", "address": "a", "result": "ok", "duration": 0.5, "files": 0,
+         "bytes": 0, "conflicts": 0, "learned": ["node4", "node5"], "message": ""}])
+    assert cli.main(["--config", path, "status"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert " learned node4,node5  (at T1" in line
 
 
 def test_config_comes_from_the_environment(node, monkeypatch, capsys):

@@ -1,11 +1,21 @@
-"""One sync round: per-peer outcomes, byte counts, exit codes and the recorded state."""
+"""One sync round: per-peer outcomes, byte counts, exit codes, the recorded state, and the
+peer-list exchange that starts every session."""
 
 import os
+from pathlib import Path
 
+import pytest
+
+from plugins.module_utils.replimesh import membership, state
 from plugins.module_utils.replimesh import round as sync_round
-from plugins.module_utils.replimesh import state
-from plugins.module_utils.replimesh.peers import Peer
-from plugins.module_utils.replimesh.round import FAILED, OK, UNREACHABLE, PeerResult
+from plugins.module_utils.replimesh.round import (
+    FAILED,
+    OK,
+    REMOVED,
+    UNREACHABLE,
+    PeerResult,
+    Removed,
+)
 
 from .support import (
     CONFLICT,
@@ -14,8 +24,12 @@ from .support import (
     TRANSFERRED,
     calls_of,
     closed_port,
+    entry,
+    fake_ssh,
     fake_unison,
+    script,
     write_node,
+    write_peers,
 )
 
 
@@ -62,9 +76,17 @@ def test_reachable_tells_a_listening_port_from_a_closed_one(listening_port):
     assert sync_round.reachable("127.0.0.1", closed_port(), 1) is False
 
 
+def test_first_reachable_tries_the_addresses_in_order(listening_port):
+    assert sync_round.first_reachable(("127.0.0.2", "127.0.0.1"), listening_port, 1) == \
+        "127.0.0.1"
+    assert sync_round.first_reachable(("127.0.0.1", "127.0.0.2"), listening_port, 1) == \
+        "127.0.0.1"
+    assert sync_round.first_reachable(("127.0.0.2", "127.0.0.3"), listening_port, 1) is None
+
+
 def test_missing_root_fails_the_peer_without_syncing(tmp_path):
     cfg, _ = write_node(tmp_path, [], roots=[str(tmp_path / "data"), "/nonexistent/replimesh"])
-    result = sync_round.sync_peer(cfg, Peer("node2", "127.0.0.1"))
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"))
     assert result.result == FAILED
     assert result.message == "local root /nonexistent/replimesh does not exist: not syncing it"
 
@@ -72,9 +94,19 @@ def test_missing_root_fails_the_peer_without_syncing(tmp_path):
 def test_closed_port_is_unreachable(tmp_path):
     port = closed_port()
     cfg, _ = write_node(tmp_path, [], ssh_port=port)
-    result = sync_round.sync_peer(cfg, Peer("node2", "127.0.0.1"))
-    assert (result.result, result.files) == (UNREACHABLE, 0)
-    assert result.message == f"no answer on 127.0.0.1:{port} within 1 s"
+    result = sync_round.sync_peer(cfg, entry("node2", addresses=("127.0.0.1", "127.0.0.2")))
+    assert (result.result, result.files, result.address) == (UNREACHABLE, 0, "127.0.0.1")
+    assert result.message == f"no answer on 127.0.0.1, 127.0.0.2 port {port} within 1 s"
+
+
+def test_the_first_address_that_answers_is_synced(tmp_path, listening_port):
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, "")})
+    cfg, _ = write_node(tmp_path, [], ssh_port=listening_port, unison=program)
+    result = sync_round.sync_peer(cfg, entry("node2", addresses=("127.0.0.2", "127.0.0.1")),
+                                  exchange=False)
+    assert (result.result, result.address) == (OK, "127.0.0.1")
+    call, = calls_of(calls)
+    assert call["argv"][1] == f"ssh://replimesh@127.0.0.1/{tmp_path / 'data'}"
 
 
 def test_reachable_peer_sums_files_bytes_and_conflicts(tmp_path, listening_port):
@@ -86,16 +118,26 @@ def test_reachable_peer_sums_files_bytes_and_conflicts(tmp_path, listening_port)
                                             str(second): (1, CONFLICT)})
     cfg, _ = write_node(tmp_path, [], roots=[str(tmp_path / "data"), str(second)],
                         ssh_port=listening_port, unison=program)
-    result = sync_round.sync_peer(cfg, Peer("node2", "127.0.0.1"))
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
     assert (result.result, result.files, result.bytes, result.conflicts) == (OK, 1, 6, 1)
     assert result.message == f"{second}: 1 conflict(s) left as they are: a.txt"
     assert len(calls_of(calls)) == 2
 
 
+def test_a_failed_exchange_is_reported_but_does_not_fail_the_peer(tmp_path, listening_port):
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, TRANSFERRED)})
+    cfg, _ = write_node(tmp_path, peer_list("node1", "node2"), ssh_port=listening_port,
+                        unison=program)   # its ssh is /bin/false
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"))
+    assert (result.result, result.files, result.learned) == (OK, 1, [])
+    assert result.message == "peer list not exchanged: exit 1"
+    assert len(calls_of(calls)) == 1
+
+
 def test_failed_session_fails_the_peer_with_unisons_reason(tmp_path, listening_port):
     program, _ = fake_unison(tmp_path, {str(tmp_path / "data"): (3, FATAL)})
     cfg, _ = write_node(tmp_path, [], ssh_port=listening_port, unison=program)
-    result = sync_round.sync_peer(cfg, Peer("node2", "127.0.0.1"))
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
     assert result.result == FAILED
     assert result.message == (f"{tmp_path / 'data'}: Error in canonizing path: "
                                "/srv/replimesh/data: No such file or directory")
@@ -109,18 +151,113 @@ def test_round_records_an_unreachable_peer(tmp_path):
     assert seen == results
     recorded = state.load(cfg.state_file)
     assert recorded["node"] == "node1"
-    entry = recorded["peers"]["node2"]
-    assert (entry["result"], entry["last_ok"]) == (UNREACHABLE, None)
-    assert entry["at"] == recorded["last_round"]
+    entry_ = recorded["peers"]["node2"]
+    assert (entry_["result"], entry_["last_ok"], entry_["learned"]) == (UNREACHABLE, None, [])
+    assert entry_["at"] == recorded["last_round"]
 
 
 def test_round_goes_through_peers_in_rotated_order(tmp_path):
     peers = [{"name": f"node{i}", "address": f"127.0.0.{i}"} for i in (1, 2, 3, 4)]
-    peers.append({"name": "node5", "address": "127.0.0.5", "state": "removed"})
+    peers.append({"name": "node5", "state": "removed"})
     cfg, _ = write_node(tmp_path, peers, node="node3", ssh_port=closed_port())
     results = sync_round.run_round(cfg)
     assert [r.peer for r in results] == ["node4", "node1", "node2"]
     assert sorted(state.load(cfg.state_file)["peers"]) == ["node1", "node2", "node4"]
+
+
+def test_a_node_removed_in_its_own_list_syncs_with_nobody(tmp_path):
+    cfg, _ = write_node(tmp_path, [{"name": "node1", "state": "removed", "version": 2},
+                                   {"name": "node2"}], ssh_port=closed_port())
+    with pytest.raises(Removed, match=r"^node1 is removed from the mesh: it syncs with nobody"):
+        sync_round.run_round(cfg)
+    assert not os.path.exists(cfg.state_file)
+
+
+# Rounds with a peer that answers the exchange: node2 at 127.0.0.1, its own files in
+# tmp_path/node2, reached by a stand-in ssh that runs its `replimesh serve`.
+
+NODE2 = {"name": "node2", "address": "127.0.0.1"}
+ME = {"name": "node1", "address": "127.0.0.11"}
+
+
+def with_node2(tmp_path, port, mine, theirs):
+    """(node1's Config, unison calls, ssh calls)."""
+    (tmp_path / "node2").mkdir()
+    _, config2 = write_node(tmp_path / "node2", theirs, node="node2")
+    ssh, ssh_calls = fake_ssh(tmp_path, "node1", {"127.0.0.1": config2})
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, TRANSFERRED)})
+    cfg, _ = write_node(tmp_path, mine, ssh=ssh, ssh_port=port, unison=program)
+    return cfg, calls, ssh_calls
+
+
+def test_a_peer_learned_in_the_exchange_is_synced_in_the_same_round(tmp_path, listening_port):
+    node3 = {"name": "node3", "address": "127.0.0.3"}   # nobody listens there
+    cfg, calls, _ = with_node2(tmp_path, listening_port, [ME, NODE2], [ME, NODE2, node3])
+    results = sync_round.run_round(cfg)
+    assert [(r.peer, r.result, r.learned, r.message) for r in results] == [
+        ("node2", OK, ["node3"], ""), ("node3", UNREACHABLE, [], results[1].message)]
+    assert results[1].message.startswith("no answer on 127.0.0.3 port")
+    assert len(calls_of(calls)) == 1
+    assert "node3" in membership.load(cfg)
+    assert state.load(cfg.state_file)["peers"]["node2"]["learned"] == ["node3"]
+
+
+def answering(tmp_path, port, mine, answer):
+    """node1 whose ssh stands in for a peer answering the exchange with the list answer
+    (news that reached the peer, or this node, while the session started)."""
+    write_peers(tmp_path / "answer.json", answer)
+    ssh = script(tmp_path, "stand-in-ssh", f"cat >/dev/null\ncat {tmp_path / 'answer.json'}\n")
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, TRANSFERRED)})
+    cfg, _ = write_node(tmp_path, mine, ssh=ssh, ssh_port=port, unison=program)
+    return cfg, calls
+
+
+def test_a_peer_that_turns_out_removed_is_not_synced(tmp_path, listening_port):
+    gone = {**NODE2, "state": "removed", "version": 2}
+    cfg, calls = answering(tmp_path, listening_port, [ME, NODE2], [ME, gone])
+    result, = sync_round.run_round(cfg)
+    assert (result.peer, result.result, result.learned) == ("node2", REMOVED, ["node2"])
+    assert result.message == "node2 is removed from the mesh: not synced"
+    assert not calls.exists()
+    assert state.load(cfg.state_file)["peers"]["node2"]["result"] == REMOVED
+    assert "node2" not in Path(cfg.authorized_keys).read_text(encoding="utf-8")
+
+
+def test_a_node_that_learns_it_is_removed_stops_at_once(tmp_path, listening_port):
+    cfg, calls = answering(tmp_path, listening_port, [ME, NODE2],
+                           [{**ME, "state": "removed", "version": 2}, NODE2])
+    with pytest.raises(Removed, match=r"^node1 is removed from the mesh"):
+        sync_round.run_round(cfg)
+    assert not calls.exists()           # node2 would refuse the session
+    assert not membership.load(cfg)["node1"].active
+
+
+def test_a_removed_peer_refuses_the_exchange(tmp_path, listening_port):
+    """node2 knows it is removed, node1 not yet: node2 serves nobody, and says so."""
+    cfg, _, _ = with_node2(tmp_path, listening_port, [ME, NODE2],
+                           [ME, {**NODE2, "state": "removed", "version": 2}])
+    result, = sync_round.run_round(cfg)
+    assert result.message.startswith("peer list not exchanged: replimesh: refused: node2 is "
+                                     "removed from the mesh: it serves nobody")
+    assert membership.load(cfg)["node2"].active
+
+
+def test_entries_not_signed_by_the_operator_are_reported(tmp_path, listening_port):
+    forged = {"name": "node4", "address": "127.0.0.4", "owner": "impostor"}
+    cfg, _, _ = with_node2(tmp_path, listening_port, [ME, NODE2], [ME, NODE2, forged])
+    result, = sync_round.run_round(cfg)
+    assert (result.result, result.learned, result.files) == (OK, [], 1)
+    assert result.message == "ignored entries not signed by the operator: node4"
+    assert "node4" not in membership.load(cfg)
+
+
+def test_without_exchange_no_ssh_is_run(tmp_path, listening_port):
+    cfg, calls, ssh_calls = with_node2(tmp_path, listening_port, [ME, NODE2],
+                                       [ME, NODE2, {"name": "node3"}])
+    result, = sync_round.run_round(cfg, exchange=False)
+    assert (result.result, result.learned) == (OK, [])
+    assert not ssh_calls.exists()
+    assert len(calls_of(calls)) == 1
 
 
 def test_now_is_utc_to_the_second():
@@ -133,6 +270,6 @@ def test_failed_paths_are_named_in_the_message(tmp_path, listening_port):
     root = str(tmp_path / "data")
     program, _ = fake_unison(tmp_path, {root: (2, SOME_FAILED)})
     cfg, _ = write_node(tmp_path, [], ssh_port=listening_port, unison=program)
-    result = sync_round.sync_peer(cfg, Peer("node2", "127.0.0.1"))
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
     assert result.result == FAILED
     assert result.message == f"{root}: failed: b.txt (1 path(s) failed: b.txt)"

@@ -3,7 +3,6 @@
 import os
 
 from plugins.module_utils.replimesh import config, unison
-from plugins.module_utils.replimesh.peers import Peer
 
 from .support import (
     CONFLICT,
@@ -15,7 +14,8 @@ from .support import (
     fake_unison,
 )
 
-PEER = Peer("node2", "127.0.0.2")
+ADDRESS = "127.0.0.2"  # a peer is reached by one of its addresses
+
 
 def test_transfer_is_read_after_the_progress_display():
     session = unison.parse(0, TRANSFERRED)
@@ -80,7 +80,7 @@ def test_conflict_path_with_parentheses_is_kept_whole():
 def test_command_targets_the_same_absolute_path_on_the_peer():
     cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "user": "sync", "ssh_port": 2222,
                         "connect_timeout": 4})
-    argv = unison.command(cfg, "/srv/d", PEER)
+    argv = unison.command(cfg, "/srv/d", ADDRESS)
     assert argv[:3] == ["/usr/bin/unison", "/srv/d", "ssh://sync@127.0.0.2//srv/d"]
     assert {"-batch", "-times", "-log=false"} <= set(argv)
     assert argv[argv.index("-sshargs") + 1] == "-o ConnectTimeout=4 -p 2222"
@@ -97,17 +97,17 @@ def test_environment_pins_the_unison_host_name(monkeypatch):
 def test_run_parses_what_the_program_prints(tmp_path):
     program, calls = fake_unison(tmp_path, {"/srv/d": (1, CONFLICT)})
     cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
-    session = unison.run(cfg, "/srv/d", PEER)
+    session = unison.run(cfg, "/srv/d", ADDRESS)
     assert (session.exit_code, session.conflicts, session.timed_out) == (1, ["a.txt"], False)
     call, = calls_of(calls)
-    assert call["argv"] == unison.command(cfg, "/srv/d", PEER)[1:]
+    assert call["argv"] == unison.command(cfg, "/srv/d", ADDRESS)[1:]
     assert (call["cwd"], call["host"]) == ("/", "node1")
 
 
 def test_locked_archives_are_waited_for(tmp_path):
     program, calls = fake_unison(tmp_path, {"/srv/d": [(3, LOCKED), (3, LOCKED), (0, TRANSFERRED)]})
     cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
-    session = unison.run_when_unlocked(cfg, "/srv/d", PEER, wait_s=10)
+    session = unison.run_when_unlocked(cfg, "/srv/d", ADDRESS, wait_s=10)
     assert (session.exit_code, session.locked, session.transferred) == (0, False, ["node1.txt"])
     assert len(calls_of(calls)) == 3
 
@@ -115,7 +115,7 @@ def test_locked_archives_are_waited_for(tmp_path):
 def test_archives_locked_for_too_long_give_up_saying_why(tmp_path):
     program, calls = fake_unison(tmp_path, {"/srv/d": (3, LOCKED)})
     cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
-    session = unison.run_when_unlocked(cfg, "/srv/d", PEER, wait_s=1)
+    session = unison.run_when_unlocked(cfg, "/srv/d", ADDRESS, wait_s=1)
     assert session.locked and session.exit_code == 3
     assert session.error.startswith("Unison's archives stayed locked by another session for 1 s")
     assert 1 <= len(calls_of(calls)) <= 3

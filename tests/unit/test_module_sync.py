@@ -1,39 +1,23 @@
 """The replimesh_sync module, run in-process on the core package."""
 
-import importlib
 import json
-import sys
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 import plugins.module_utils.replimesh as core
 
-from .support import TRANSFERRED, closed_port, fake_unison, write_node
-
-SUBMODULES = ("config", "errors", "peers", "round", "state", "unison")
+from .support import TRANSFERRED, closed_port, fake_unison, load_module, run_module, write_node
 
 
 @pytest.fixture
 def sync_module(monkeypatch):
-    """plugins/modules/replimesh_sync.py, its `ansible.module_utils.replimesh` being the core."""
-    monkeypatch.setitem(sys.modules, "ansible.module_utils.replimesh", core)
-    for name in SUBMODULES:
-        module = importlib.import_module(f"plugins.module_utils.replimesh.{name}")
-        monkeypatch.setitem(sys.modules, f"ansible.module_utils.replimesh.{name}", module)
-    return importlib.import_module("plugins.modules.replimesh_sync")
+    return load_module(monkeypatch, "replimesh_sync")
 
 
-def run_module(sync_module, capsys, **args):
-    with patch_module_args(args), pytest.raises(SystemExit) as caught:
-        sync_module.main()
-    return caught.value.code, json.loads(capsys.readouterr().out)
-
-
-PEERS = [{"name": "node1", "address": "10.255.0.1"},
+PEERS = [{"name": "node1", "address": "127.0.0.11"},
          {"name": "node2", "address": "127.0.0.1"},
          {"name": "node3", "address": "127.0.0.2"},
-         {"name": "node4", "address": "127.0.0.4", "state": "removed"}]
+         {"name": "node4", "state": "removed", "version": 2}]
 
 
 def test_check_mode_probes_peers_and_writes_nothing(sync_module, tmp_path, capsys,
@@ -85,3 +69,12 @@ def test_bad_config_fails_with_its_message(sync_module, tmp_path, capsys):
     code, result = run_module(sync_module, capsys, config=str(tmp_path / "none.json"))
     assert (code, result["failed"]) == (1, True)
     assert "does not exist: deploy the node" in result["msg"]
+
+
+def test_a_removed_node_fails_saying_so(sync_module, tmp_path, capsys):
+    peers = [{"name": "node1", "state": "removed", "version": 2}, *PEERS[1:]]
+    _, path = write_node(tmp_path, peers, ssh_port=closed_port())
+    code, result = run_module(sync_module, capsys, config=path)
+    assert code == 1
+    assert result["msg"].startswith("node1 is removed from the mesh: it syncs with nobody")
+    assert not (tmp_path / "state.json").exists()

@@ -7,8 +7,8 @@ import json
 import sys
 
 from . import config as node_config
+from . import membership, state
 from . import peers as peer_list
-from . import state
 from .errors import ReplimeshError
 from .round import exit_code, now, run_round
 from .serve import serve
@@ -57,14 +57,33 @@ def _status(cfg, args) -> int:
 
 
 def _peers_list(cfg, args) -> int:
-    peers = peer_list.load(cfg.peers_file)
+    peers = membership.load(cfg)
     if args.json:
         print(json.dumps(peer_list.to_json(peers), indent=2))
         return EXIT_OK
-    for peer in peers:
-        me = "  (this node)" if peer.name == cfg.node else ""
-        print(f"{peer.name:<16} {peer.address:<40} {peer.state}{me}")
+    for name in sorted(peers):
+        entry, me = peers[name], "  (this node)" if name == cfg.node else ""
+        print(f"{name:<16} v{entry.version:<12} {entry.state:<8} "
+              f"{','.join(entry.addresses) or '-'}{me}")
     return EXIT_OK
+
+
+def _peers_accept(cfg, args) -> int:
+    """Take in a signed list (the controller's, from `fab mesh.propagate`)."""
+    source = "stdin" if args.file == "-" else args.file
+    text = sys.stdin.read() if args.file == "-" else _read(args.file)
+    outcome = membership.accept(cfg, membership.parse_sent(text, source), source)
+    print(json.dumps({"node": cfg.node, "changed": outcome.changed,
+                      "ignored": outcome.ignored}))
+    return EXIT_PEER_FAILED if outcome.ignored else EXIT_OK
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ReplimeshError(f"cannot read {path}: {error.strerror}") from None
 
 
 def _peer_line(result: dict) -> str:
@@ -72,6 +91,8 @@ def _peer_line(result: dict) -> str:
             f"{result['files']:>6} files {result['bytes']:>12} bytes")
     if result.get("conflicts"):
         line += f" {result['conflicts']} conflicts"
+    if result.get("learned"):
+        line += f" learned {','.join(result['learned'])}"
     return line + (f"  {result['message']}" if result.get("message") else "")
 
 
@@ -99,4 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     peers_list = peers_verbs.add_parser("list", help="list every peer and its state")
     peers_list.add_argument("--json", action="store_true", help="print the list as JSON")
     peers_list.set_defaults(handler=_peers_list)
+    peers_accept = peers_verbs.add_parser(
+        "accept", help="take in the operator-signed entries of a peer list and apply it")
+    peers_accept.add_argument("file", help="the list as JSON, or - for standard input")
+    peers_accept.set_defaults(handler=_peers_accept)
     return parser

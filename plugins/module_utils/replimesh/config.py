@@ -25,11 +25,19 @@ class Config:
     ssh_port: int = 22
     connect_timeout: int = 10       # seconds; what a dead peer costs a round
     session_timeout: int = 3600     # seconds; one Unison session is stopped after this
+    # Membership: the operator's public key (allowed_signers format) that every peer-list
+    # entry must be signed by, and the sync user's SSH files regenerated from the list.
+    operator_signers: str = "/etc/replimesh/operator_signers"
+    authorized_keys: str = "/var/lib/replimesh/.ssh/authorized_keys"
+    known_hosts: str = "/var/lib/replimesh/.ssh/known_hosts"
+    command: str = "/usr/local/bin/replimesh"   # what peers' keys are forced to run
+    ssh: str = "/usr/bin/ssh"
 
 
 _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_file": str,
           "log_dir": str, "unison": str, "ssh_port": int, "connect_timeout": int,
-          "session_timeout": int}
+          "session_timeout": int, "operator_signers": str, "authorized_keys": str,
+          "known_hosts": str, "command": str, "ssh": str}
 
 
 def load(path: str | None = None) -> Config:

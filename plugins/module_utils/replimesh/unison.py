@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Config
-from .peers import Peer
 
 # Unison's exit codes (manual, "Exit code").
 EXIT_OK, EXIT_SKIPPED, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2, 3
@@ -42,21 +41,21 @@ class Session:
     locked: bool = False  # another session held the archives: nothing was done
 
 
-def command(cfg: Config, root: str, peer: Peer) -> list[str]:
+def command(cfg: Config, root: str, address: str) -> list[str]:
     """The argv of a Unison session: local root against the same path on the peer."""
-    remote = f"ssh://{cfg.user}@{peer.address}/{root}"  # ssh://u@h//abs/path
+    remote = f"ssh://{cfg.user}@{address}/{root}"  # ssh://u@h//abs/path
     ssh_args = f"-o ConnectTimeout={cfg.connect_timeout} -p {cfg.ssh_port}"
     return [cfg.unison, root, remote, "-batch", "-times", "-log=false",
             "-sshargs", ssh_args, "-ui", "text"]
 
 
-def run_when_unlocked(cfg: Config, root: str, peer: Peer, wait_s: float = LOCK_WAIT_S) -> Session:
+def run_when_unlocked(cfg: Config, root: str, address: str, wait_s: float = LOCK_WAIT_S) -> Session:
     """Run a session; while another session holds the archives (two rounds meeting on the
     same replicas), try again after a short random pause, for at most wait_s seconds."""
     deadline = time.monotonic() + wait_s
     pause = 0.5
     while True:
-        session = run(cfg, root, peer)
+        session = run(cfg, root, address)
         if not session.locked or time.monotonic() + pause > deadline:
             break
         time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters do not retry in step
@@ -67,9 +66,9 @@ def run_when_unlocked(cfg: Config, root: str, peer: Peer, wait_s: float = LOCK_W
     return session
 
 
-def run(cfg: Config, root: str, peer: Peer) -> Session:
+def run(cfg: Config, root: str, address: str) -> Session:
     """Run one session, stopped after cfg.session_timeout seconds."""
-    process = subprocess.Popen(command(cfg, root, peer), stdout=subprocess.PIPE,
+    process = subprocess.Popen(command(cfg, root, address), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, errors="replace", start_new_session=True,
                                cwd="/", env=environment(cfg))
