@@ -12,6 +12,7 @@ description:
     file, exactly as C(replimesh sync) does from cron.
   - Run it as the sync user (C(become_user), default C(replimesh)), because the round uses that
     user's SSH key, pinned host keys and Unison archives.
+  - Each session starts with a peer-list exchange, so membership changes spread with rounds.
   - An unreachable peer is reported, not an error; a peer whose session failed fails the task.
   - In check mode nothing is synced; each peer is probed for reachability only, since
     Unison cannot preview a two-way sync.
@@ -51,6 +52,7 @@ peers:
       files: 3
       bytes: 5120
       conflicts: 0
+      learned: [node5]
       message: ""
 unreachable_peers:
   description: Names of the peers that did not answer within the connect timeout.
@@ -73,6 +75,7 @@ files:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.replimesh import config as node_config
+from ansible.module_utils.replimesh import membership
 from ansible.module_utils.replimesh import peers as peer_list
 from ansible.module_utils.replimesh.errors import ReplimeshError
 from ansible.module_utils.replimesh.round import (
@@ -80,7 +83,7 @@ from ansible.module_utils.replimesh.round import (
     OK,
     UNREACHABLE,
     PeerResult,
-    reachable,
+    first_reachable,
     run_round,
 )
 
@@ -88,9 +91,10 @@ from ansible.module_utils.replimesh.round import (
 def probe(cfg):
     """Check mode: which peers answer, nothing synced, nothing written."""
     results = []
-    for peer in peer_list.rotated(peer_list.load(cfg.peers_file), cfg.node):
-        answers = reachable(peer.address, cfg.ssh_port, cfg.connect_timeout)
-        results.append(PeerResult(peer.name, peer.address, OK if answers else UNREACHABLE, 0.0,
+    for peer in peer_list.rotated(membership.load(cfg), cfg.node):
+        address = first_reachable(peer.addresses, cfg.ssh_port, cfg.connect_timeout)
+        results.append(PeerResult(peer.name, address or peer.addresses[0],
+                                  OK if address else UNREACHABLE, 0.0,
                                   message="check mode: not synced"))
     return results
 
