@@ -37,19 +37,34 @@ def inventory_path(option: str | None) -> str:
     return option or os.environ.get("REPLIMESH_INVENTORY", DEFAULT_INVENTORY)
 
 
-def mesh_hosts(inventory: str, group: str = "mesh") -> list[Host]:
-    """Every host of the group, with what it takes to reach it."""
+def mesh_hosts(inventory: str, group: str = "mesh", optional: tuple[str, ...] = ()) -> list[Host]:
+    """Every host of the group, which must have some, then those of the optional groups
+    (missing or empty is fine), each host once: with what it takes to reach it."""
     done = subprocess.run(["ansible-inventory", "-i", inventory, "--list"],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0 or not Path(inventory).exists():
         raise InventoryError(f"cannot read inventory {inventory}: "
                              + (done.stderr.strip().splitlines() or ["does it exist?"])[-1])
-    data = json.loads(done.stdout)
-    names = _group_hosts(data, group)
+    return hosts_in(json.loads(done.stdout), inventory, group, optional)
+
+
+def hosts_in(data: dict, inventory: str, group: str,
+             optional: tuple[str, ...] = ()) -> list[Host]:
+    """The hosts of `ansible-inventory --list` output: group's (some required), then the
+    optional groups' not seen yet, each part sorted by name."""
+    names = sorted(_group_hosts(data, group))
     if not names:
         raise InventoryError(f"inventory {inventory} has no hosts in group {group!r}")
+    for extra in optional:
+        names += sorted(_group_hosts(data, extra) - set(names))
     hostvars = data.get("_meta", {}).get("hostvars", {})
-    return [_host(name, hostvars.get(name, {})) for name in sorted(names)]
+    return [_host(name, hostvars.get(name, {})) for name in names]
+
+
+def inventory_dir(inventory: str) -> Path:
+    """Ansible's inventory_dir: the inventory itself if it is a folder, else its folder."""
+    path = Path(inventory)
+    return path if path.is_dir() else path.parent
 
 
 def connect(host: Host) -> Connection:

@@ -1,18 +1,32 @@
-"""`fab mesh.*`: the mesh from the operator's seat: a round everywhere now, and its status."""
+"""`fab mesh.*`: the mesh from the operator's seat: a round everywhere now, its status,
+each node's copy of the signed peer list, and the controller's copy pushed to every node."""
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
 
 from invoke import Exit, task
 
-from .inventory import Host, InventoryError, connect, inventory_path, mesh_hosts
+from . import peers_view
+from .inventory import (
+    Host,
+    InventoryError,
+    connect,
+    inventory_dir,
+    inventory_path,
+    mesh_hosts,
+)
+from .peers_view import ConfigError
 
 INVENTORY_HELP = "Ansible inventory (default: $REPLIMESH_INVENTORY or inventory/lab)"
 SYNC_USER_HELP = "the sync user on the nodes (default replimesh)"
+PEERS_FILE_HELP = "the signed list to push (default <inventory dir>/.replimesh/peers.json)"
+REMOVED_GROUP = "mesh_removed"
 
 
 def as_sync_user(host: Host, user: str, command: str) -> str:
@@ -21,25 +35,56 @@ def as_sync_user(host: Host, user: str, command: str) -> str:
     return f"{switch} {shlex.quote(user)} -- {command}"
 
 
-def on_every_host(hosts: list[Host], command) -> dict[str, tuple[int | None, str]]:
-    """Run command(host) on every host at once: {name: (exit code or None, output/why)}."""
+class WholeText(io.StringIO):
+    """Standard input for Connection.run: invoke reads a stream that is not a terminal one
+    character per 10 ms (bytes_to_read() is 1 without a fileno), so 3 kB would take 30 s;
+    this hands over the whole rest at once, then "" (end of file: the remote stdin is
+    closed)."""
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read()
+
+
+def on_every_host(hosts: list[Host], command,
+                  stdin: str | None = None) -> dict[str, tuple[int | None, str]]:
+    """Run command(host) on every host at once, with stdin as its standard input if given:
+    {name: (exit code, output or why)}; the code is None when the host could not be
+    reached, -1 when the session broke off after connecting."""
     def one(host: Host):
         try:
-            with connect(host) as connection:
-                result = connection.run(command(host), hide=True, warn=True, timeout=3600)
-            return host.name, (result.exited, result.stdout if result.ok or result.stdout
-                               else result.stderr.strip())
-        except Exception as error:  # an unreachable host is an outcome, not a crash
-            return host.name, (None, f"{type(error).__name__}: {error}".splitlines()[0])
+            connection = connect(host)
+        except Exception as error:  # e.g. no known_hosts file: still an outcome
+            return host.name, (None, _why(error))
+        with connection:
+            try:
+                connection.open()
+            except Exception as error:  # an unreachable host is an outcome, not a crash
+                return host.name, (None, _why(error))
+            try:
+                result = connection.run(command(host), hide=True, warn=True, timeout=3600,
+                                        in_stream=None if stdin is None else WholeText(stdin))
+            except Exception as error:
+                return host.name, (-1, _why(error))
+        return host.name, (result.exited, result.stdout if result.ok or result.stdout
+                           else result.stderr.strip())
     with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
         return dict(pool.map(one, hosts))
 
 
-def _hosts(inventory: str) -> list[Host]:
+def _why(error: Exception) -> str:
+    return (f"{type(error).__name__}: {error}".splitlines() or [""])[0]
+
+
+def _hosts(inventory: str, optional: tuple[str, ...] = ()) -> list[Host]:
     try:
-        return mesh_hosts(inventory_path(inventory))
+        return mesh_hosts(inventory_path(inventory), optional=optional)
     except InventoryError as error:
         raise Exit(f"mesh: {error}", code=2) from None
+
+
+def controller_list_path(inventory: str) -> Path:
+    """Where site.yml keeps the controller's signed list: <inventory dir>/.replimesh."""
+    return inventory_dir(inventory_path(inventory)) / ".replimesh" / "peers.json"
 
 
 @task(help={"inventory": INVENTORY_HELP, "user": SYNC_USER_HELP})
@@ -75,6 +120,46 @@ def status(c, inventory="", user="replimesh"):
     hosts = _hosts(inventory)
     outcomes = on_every_host(hosts, lambda h: as_sync_user(h, user, "replimesh status --json"))
     print(render_status([h.name for h in hosts], outcomes, datetime.now(timezone.utc)))
+
+
+@task(help={"inventory": INVENTORY_HELP, "user": SYNC_USER_HELP})
+def peers(c, inventory="", user="replimesh"):
+    """Show each node's copy of the signed peer list side by side, and the controller's."""
+    hosts = _hosts(inventory, optional=(REMOVED_GROUP,))
+    outcomes = on_every_host(hosts, lambda h: as_sync_user(h, user, "replimesh peers list --json"))
+    nodes = {h.name: peers_view.node_list(*outcomes[h.name], f"{h.name}'s list") for h in hosts}
+    path, controller = controller_list_path(inventory), None
+    if path.exists():
+        try:
+            controller = peers_view.read_list(path)[1]
+        except ConfigError as error:
+            controller = str(error)
+    print(peers_view.render_peers(nodes, controller))
+
+
+@task(help={"inventory": INVENTORY_HELP, "user": SYNC_USER_HELP, "peers_file": PEERS_FILE_HELP})
+def propagate(c, inventory="", user="replimesh", peers_file=""):
+    """Push the controller's signed peer list to every node (mesh and mesh_removed) now."""
+    path = Path(peers_file) if peers_file else controller_list_path(inventory)
+    if not path.exists():
+        raise Exit(f"mesh: no signed list at {path}: run playbooks/site.yml first", code=2)
+    try:
+        text = peers_view.read_list(path)[0]
+    except ConfigError as error:
+        raise Exit(f"mesh: {error}", code=2) from None
+    hosts = _hosts(inventory, optional=(REMOVED_GROUP,))
+    outcomes = on_every_host(hosts, lambda h: as_sync_user(h, user, "replimesh peers accept -"),
+                             stdin=text)
+    failed = unreachable = 0
+    for host in hosts:
+        verdict, detail, bad = peers_view.accept_outcome(*outcomes[host.name])
+        failed += bad
+        unreachable += verdict == "UNREACHABLE"
+        print(f"{host.name:<12} {verdict:<12} {detail}".rstrip())
+    if unreachable:
+        print(f"{unreachable} unreachable: they learn the list from a peer at their next round")
+    if failed:
+        raise Exit(f"mesh: {failed} of {len(hosts)} nodes did not take the whole list", code=1)
 
 
 def render_status(names: list[str], outcomes: dict, now: datetime) -> str:

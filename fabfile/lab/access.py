@@ -82,9 +82,14 @@ def render_known_hosts(pinned: dict[Node, list[str]]) -> str:
                    for node, keys in pinned.items() for key in keys)
 
 
-def render_inventory(lab: Lab, nodes: list[Node]) -> str:
+def render_inventory(lab: Lab, nodes: list[Node], removed: frozenset[str] = frozenset()) -> str:
+    """Every node in group mesh, except those the operator moved to mesh_removed."""
+    groups = {"mesh": {"hosts": {n.name: {"ansible_host": n.address}
+                                 for n in nodes if n.name not in removed}}}
+    gone = {n.name: {"ansible_host": n.address} for n in nodes if n.name in removed}
+    groups["mesh_removed"] = {"hosts": gone} if gone else {}
     inventory = {"all": {
-        "children": {"mesh": {"hosts": {n.name: {"ansible_host": n.address} for n in nodes}}},
+        "children": groups,
         "vars": {
             "ansible_user": "root",
             "ansible_private_key_file": str(key_path(lab)),
@@ -111,8 +116,22 @@ def write_files(lab: Lab, subnet, pinned: dict[Node, list[str]]) -> None:
     nodes = list(pinned)
     lab.inventory_dir.mkdir(parents=True, exist_ok=True)
     _write(known_hosts_path(lab), render_known_hosts(pinned))
-    _write(lab.inventory_dir / "hosts.yml", render_inventory(lab, nodes))
+    write_inventory(lab, nodes, removed_in(lab.inventory_dir / "hosts.yml"))
     _write(lab.inventory_dir / "lab.json", render_lab_json(lab, subnet, nodes))
+
+
+def write_inventory(lab: Lab, nodes: list[Node], removed: frozenset[str]) -> None:
+    _write(lab.inventory_dir / "hosts.yml", render_inventory(lab, nodes, removed))
+
+
+def removed_in(hosts: Path) -> frozenset[str]:
+    """The nodes an operator moved to group mesh_removed in the lab's inventory: a
+    rewrite of the inventory (a node added or restarted) keeps them there."""
+    try:
+        data = yaml.safe_load(hosts.read_text()) or {}
+        return frozenset(data["all"]["children"]["mesh_removed"]["hosts"] or ())
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return frozenset()
 
 
 def wait_for_ssh(lab: Lab, nodes: list[Node]) -> None:

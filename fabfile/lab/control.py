@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from . import access, nodes
 from .engine import ensure_engine
 from .errors import LabError
@@ -35,12 +37,25 @@ def stop(lab: Lab, node: str) -> None:
     nodes.stop(lab, node)
 
 
+def remove(lab: Lab, node: str) -> None:
+    """Move a node to group mesh_removed of the lab's inventory; later rewrites keep it
+    there."""
+    known = nodes.list_nodes(lab)
+    if node not in {n.name for n in known}:
+        raise LabError(f"lab {lab.name} has no node {node}: see `fab lab.status`")
+    hosts = lab.inventory_dir / "hosts.yml"
+    access.write_inventory(lab, known, access.removed_in(hosts) | {node})
+
+
 def down(lab: Lab) -> list[str]:
     ensure_engine()
     gone = nodes.remove_all(lab)
     for generated in ("hosts.yml", "lab.json", ".ssh/known_hosts",
                       ".ssh/id_ed25519", ".ssh/id_ed25519.pub"):
         (lab.inventory_dir / generated).unlink(missing_ok=True)
+    # The lab's operator key and signed peer list go with the lab (a real mesh's never
+    # would: see README, "The operator key").
+    shutil.rmtree(lab.inventory_dir / ".replimesh", ignore_errors=True)
     for folder in (lab.inventory_dir / ".ssh", lab.inventory_dir):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()

@@ -55,6 +55,16 @@ def stop(c, node, lab: str = ""):
 
 @task(help={"node": "node name, e.g. node2", "lab": LAB_HELP})
 @_one_line_errors
+def remove(c, node, lab: str = ""):
+    """Move one node from group mesh to mesh_removed in the lab's inventory (the edit that
+    removes a node); run site.yml next. The container and its data stay."""
+    control.remove(_lab(lab), node)
+    print(f"{node} moved to group mesh_removed in {_lab(lab).inventory_dir / 'hosts.yml'}; "
+          "now run playbooks/site.yml")
+
+
+@task(help={"node": "node name, e.g. node2", "lab": LAB_HELP})
+@_one_line_errors
 def start(c, node, lab: str = ""):
     """Start a stopped node again and wait until it answers SSH."""
     control.start(_lab(lab), node)

@@ -109,3 +109,47 @@ def test_host_defaults(monkeypatch, tmp_path):
     host = inventory._host("node9", {})
     assert host == inventory.Host("node9", "node9", "operator", 22, None,
                                   str(tmp_path / ".ssh" / "known_hosts"))
+
+
+INVENTORY = {"all": {"children": ["ungrouped", "mesh", "mesh_removed"]},
+             "mesh": {"hosts": ["node3", "node1"]},
+             "mesh_removed": {"hosts": ["node5", "node2"]},
+             "_meta": {"hostvars": {"node1": {"ansible_host": "10.0.0.1"}}}}
+
+
+def test_hosts_in_lists_the_group_then_the_optional_groups():
+    hosts = inventory.hosts_in(INVENTORY, "inv", "mesh", ("mesh_removed", "absent"))
+    assert [h.name for h in hosts] == ["node1", "node3", "node2", "node5"]
+    assert hosts[0].address == "10.0.0.1"
+
+
+def test_hosts_in_lists_a_host_of_two_groups_once():
+    data = {**INVENTORY, "mesh_removed": {"hosts": ["node3", "node4"]}}
+    hosts = inventory.hosts_in(data, "inv", "mesh", ("mesh_removed",))
+    assert [h.name for h in hosts] == ["node1", "node3", "node4"]
+
+
+def test_hosts_in_needs_hosts_in_the_group_but_not_in_optional_ones():
+    data = {"mesh": {"hosts": ["node1"]}, "mesh_removed": {}}
+    assert [h.name for h in inventory.hosts_in(data, "inv", "mesh", ("mesh_removed",))] == [
+        "node1"]
+    with pytest.raises(inventory.InventoryError, match="inventory inv has no hosts in group "
+                                                       "'mesh'"):
+        inventory.hosts_in({"mesh_removed": {"hosts": ["node2"]}}, "inv", "mesh",
+                           ("mesh_removed",))
+
+
+def test_inventory_dir_is_the_folder_or_the_files_folder(tmp_path):
+    (tmp_path / "hosts.yml").write_text("all: {}\n")
+    assert inventory.inventory_dir(str(tmp_path)) == tmp_path
+    assert inventory.inventory_dir(str(tmp_path / "hosts.yml")) == tmp_path
+    assert inventory.inventory_dir("inventory/absent.yml").as_posix() == "inventory"
+
+
+def test_controller_list_path_follows_the_inventory(tmp_path, monkeypatch):
+    (tmp_path / "hosts.yml").write_text("all: {}\n")
+    expected = tmp_path / ".replimesh" / "peers.json"
+    assert mesh.controller_list_path(str(tmp_path)) == expected
+    assert mesh.controller_list_path(str(tmp_path / "hosts.yml")) == expected
+    monkeypatch.setenv("REPLIMESH_INVENTORY", str(tmp_path))
+    assert mesh.controller_list_path("") == expected

@@ -90,6 +90,20 @@ def test_inventory_lists_every_node_with_strict_host_keys():
     assert inventory["all"]["vars"]["ansible_private_key_file"] == str(access.key_path(lab))
 
 
+def test_inventory_keeps_removed_nodes_in_their_group_across_rewrites(tmp_path):
+    lab = Lab("t")
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text(access.render_inventory(lab, NODES))
+    assert access.removed_in(hosts) == frozenset()
+    assert yaml.safe_load(hosts.read_text())["all"]["children"]["mesh_removed"] == {}
+
+    hosts.write_text(access.render_inventory(lab, NODES, access.removed_in(hosts) | {"node2"}))
+    groups = yaml.safe_load(hosts.read_text())["all"]["children"]
+    assert set(groups["mesh"]["hosts"]) == {"node1"}
+    assert groups["mesh_removed"]["hosts"] == {"node2": {"ansible_host": "172.29.9.12"}}
+    assert access.removed_in(hosts) == {"node2"}
+
+
 def test_image_sources_cover_updates_and_security():
     sources = image.apt_sources("http://mirror.example/debian/")
     assert "URIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates" in sources
