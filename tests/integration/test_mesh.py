@@ -1,60 +1,24 @@
-"""The full mesh on a 4-node lab of its own: site.yml, rounds, dead peers, forced command,
+"""The full mesh on the 4-node lab imesh: site.yml, rounds, dead peers, forced command,
 the sync module, fab mesh.*, and cron running rounds by itself."""
 
 import json
-import os
 import shlex
-import subprocess
 import time
 
 import pytest
 
-from fabfile.lab import access, control
-from fabfile.lab.nodes import Lab
+from fabfile.lab import control
 
 from .helpers import playbook, recap, running_nodes, wait_until
+from .mesh_lab import MESH, ROOT, as_sync_user, fab_mesh, listing, on, sync, write
 
-MESH = Lab("imesh")
-ROOT = "/srv/replimesh/data"
 CONNECT_TIMEOUT = 10  # replimesh_connect_timeout's default
 KNOWN_HOSTS = "cat /var/lib/replimesh/.ssh/known_hosts"
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    control.up(MESH, 4)
-    first = playbook(MESH, "site.yml")
-    yield {"first_run": first}
-    control.down(MESH)
 
 
 @pytest.fixture
 def nodes(mesh):
     return {n.name: n for n in running_nodes(MESH)}
-
-
-def on(node, command, check=True):
-    done = access.ssh(MESH, node, command, timeout=300)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{node.name}: {command} failed: {done.stderr or done.stdout}")
-    return done
-
-
-def as_sync_user(node, command, check=True):
-    return on(node, f"runuser -u replimesh -- {command}", check=check)
-
-
-def write(node, name, text):
-    on(node, f"printf %s {shlex.quote(text)} > {ROOT}/{name} && chown replimesh: {ROOT}/{name}")
-
-
-def listing(node):
-    return sorted(on(node, f"ls -A {ROOT}").stdout.split())
-
-
-def sync(node):
-    done = as_sync_user(node, "replimesh sync --json", check=False)
-    return done.returncode, {p["peer"]: p for p in json.loads(done.stdout)["peers"]}
 
 
 def test_site_is_idempotent(mesh):
@@ -150,12 +114,6 @@ def test_sync_pass_goes_on_when_a_node_is_down(nodes):
     assert totals["node2"]["ignored"] == 1  # unreachable, reported
     assert totals["node1"]["failed"] == totals["node3"]["failed"] == 0
     assert "pass-without-node2.txt" in listing(nodes["node3"])
-
-
-def fab_mesh(task):
-    env = dict(os.environ, REPLIMESH_INVENTORY=str(MESH.inventory_dir))
-    return subprocess.run(["fab", task], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
 
 
 def test_fab_mesh_sync_and_status(nodes):
