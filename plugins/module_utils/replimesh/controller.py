@@ -86,6 +86,11 @@ def build(mesh: list[str], removed: list[str], members: list[Member], known: lis
             built.peers[name] = current
             built.warnings.append(f"{name} is in mesh but was removed and is not reachable: "
                                   "it comes back when site.yml reaches it")
+        elif name in highest:
+            built.warnings.append(f"{name} is in mesh but was not reached and its entry is "
+                                  "not signed by the current operator key (rotated?): nodes "
+                                  "keep the entry they have; it is signed again when "
+                                  "site.yml reaches it")
         else:
             built.warnings.append(f"{name} is in mesh but was not reached and no peer list "
                                   "knows it: it joins when site.yml reaches it")
