@@ -89,6 +89,7 @@ def test_a_node_removed_while_another_is_down_is_refused_there_after_one_round(b
                                           "exchange </dev/null", check=False)
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
 
+    assert on(node["node3"], "test -e /etc/cron.d/replimesh", check=False).returncode == 1
     own_round = as_sync_user(node["node3"], "replimesh sync", check=False)
     assert own_round.returncode == 2 and "node3 is removed from the mesh" in own_round.stderr
     for name in ("node2", "node4", "node5"):
