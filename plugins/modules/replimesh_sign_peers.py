@@ -18,7 +18,8 @@ description:
     only when what it says changes; an unchanged inventory gives an unchanged list.
   - Only entries signed by the current operator key are trusted from the lists read.
   - The result is also saved as C(peers.json) in O(controller_dir), the controller's copy
-    that C(fab mesh.propagate) pushes and the next run reads.
+    that C(fab mesh.propagate) pushes and the next run reads, with the operator's public
+    key as C(operator_signers) (allowed_signers format) beside it.
   - The operator key is made when missing if O(create_key) is set.
 options:
   nodes:
@@ -121,16 +122,21 @@ def main():
         if signers:
             os.unlink(signers)
     text = peer_list.dumps(built.peers)
-    changed = _text(saved) != text
+    # The operator's public key goes beside the list, for the nodes that only get the
+    # saved copy (removed nodes, fab mesh.propagate's readers).
+    signers_text = signature.allowed_signers(public)
+    outputs = {saved: text, os.path.join(p["controller_dir"], "operator_signers"): signers_text}
+    changed = any(_text(path) != content for path, content in outputs.items())
     if changed and not module.check_mode:
         os.makedirs(p["controller_dir"], mode=0o700, exist_ok=True)
-        with open(saved + ".tmp", "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(saved + ".tmp", saved)
+        for path, content in outputs.items():
+            with open(path + ".tmp", "w", encoding="utf-8") as out:
+                out.write(content)
+            os.replace(path + ".tmp", path)
     for warning in warnings + built.warnings:
         module.warn(warning)
     module.exit_json(changed=changed, peers=peer_list.to_json(built.peers),
-                     operator_signers=signature.allowed_signers(public), signed=built.signed)
+                     operator_signers=signers_text, signed=built.signed)
 
 
 def _read_nodes(nodes):

@@ -189,3 +189,32 @@ def test_a_broken_inventory_is_refused_before_anything_changes(before, tmp_path,
     assert done.returncode == 2
     assert message in done.stdout
     assert {t["changed"] for t in recap(done.stdout).values()} == {0}
+
+
+def test_a_rotated_operator_key_signs_every_entry_again_and_the_old_one_stops_working(
+        before, tmp_path):
+    old_key = MESH.inventory_dir / ".replimesh" / "operator_ed25519"
+    new_key = tmp_path / "operator"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new_key)],
+                   check=True)
+    node = {n.name: n for n in running_nodes(MESH)}
+    old = peer_list(node["node1"])
+
+    rotated = recap(playbook(MESH, "site.yml", "-e", f"replimesh_operator_key={new_key}").stdout)
+    assert {t["failed"] + t["unreachable"] for t in rotated.values()} == {0}
+    signers = on(node["node1"], "cat /etc/replimesh/operator_signers").stdout
+    assert new_key.with_suffix(".pub").read_text().split()[1] in signers
+    for name, each in node.items():  # node3 too: the removed node is told with the new key
+        new = peer_list(each)
+        assert sorted(new) == sorted(old)
+        assert all(new[n]["version"] > old[n]["version"] for n in old), name
+
+    # An entry signed with the old key is now refused like any stranger's.
+    entries = peer_lists.parse(json.loads(on(node["node1"], f"cat {PEERS_JSON}").stdout))
+    stale = replace(entries["node5"], version=entries["node5"].version + 1,
+                    addresses=("172.29.255.252",))
+    entries["node5"] = replace(stale, signature=signature.sign(str(old_key),
+                                                               peer_lists.payload(stale)))
+    pushed = as_sync_user(node["node1"], "replimesh peers accept -",
+                          stdin=peer_lists.dumps(entries), check=False)
+    assert pushed.returncode == 1 and json.loads(pushed.stdout)["ignored"] == ["node5"]

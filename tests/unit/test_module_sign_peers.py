@@ -55,6 +55,8 @@ def test_a_new_mesh_is_signed_and_saved(sign_module, tmp_path, capsys):
     assert saved(tmp_path).read_text(encoding="utf-8") == peer_list.dumps(built)
     public = Path(key()[0] + ".pub").read_text(encoding="utf-8")
     assert result["operator_signers"] == signature.allowed_signers(public)
+    signers = tmp_path / "controller" / "operator_signers"  # for removed nodes
+    assert signers.read_text(encoding="utf-8") == result["operator_signers"]
 
 
 def test_a_second_run_signs_nothing(sign_module, tmp_path, capsys):
