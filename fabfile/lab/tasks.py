@@ -6,7 +6,7 @@ import functools
 
 from invoke import Exit, task
 
-from . import control
+from . import control, faults
 from .errors import LabError
 from .nodes import Lab, default_lab
 
@@ -84,3 +84,28 @@ def status(c, lab: str = ""):
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@task(help={"groups": "nodes in groups: node1,node2/node3,node4", "lab": LAB_HELP})
+@_one_line_errors
+def partition(c, groups, lab: str = ""):
+    """Cut every link between nodes of different groups (the controller keeps its access)."""
+    faults.partition(_lab(lab), faults.parse_groups(groups))
+    print(f"partitioned: {groups.replace('/', ' | ')}; undo with fab lab.heal")
+
+
+@task(help={"lab": LAB_HELP})
+@_one_line_errors
+def heal(c, lab: str = ""):
+    """Restore every link that fab lab.partition cut."""
+    faults.heal(_lab(lab))
+    print("every link restored")
+
+
+@task(help={"node": "node name, e.g. node2", "rate": "e.g. 100mbit; empty removes the limit",
+            "lab": LAB_HELP})
+@_one_line_errors
+def shape(c, node, rate="", lab: str = ""):
+    """Limit what one node sends (egress, tc tbf on its eth0), or lift the limit."""
+    faults.shape(_lab(lab), node, rate)
+    print(f"{node}: sends at most {rate}" if rate else f"{node}: no limit")
