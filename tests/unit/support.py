@@ -106,7 +106,7 @@ def write_node(tmp_path, peers, node="node1", **settings):
             "connect_timeout": 1, "operator_signers": str(tmp_path / "operator_signers"),
             "authorized_keys": str(tmp_path / "ssh" / "authorized_keys"),
             "known_hosts": str(tmp_path / "ssh" / "known_hosts"), "ssh": "/bin/false",
-            **settings}
+            "replica_dir": str(tmp_path / "replicas"), "lock_wait": 5, **settings}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data), encoding="utf-8")
     return config.parse(data), str(path)
@@ -257,9 +257,24 @@ def fake_unison(folder, plan):
 def calls_of(calls):
     return [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
 
-LOCKED = """\
+BUSY = """\
 Unison 2.52.1 (ocaml 4.13.1): Contacting server...
-Connected [//node1//srv/replimesh/data -> //node2//srv/replimesh/data]
-Warning: the archives are locked.
-If no other instance of unison is running, the locks should be removed.
+replimesh: busy: replica /srv/replimesh/data on node2 stayed busy for 2 s (held by round \
+of node2 with node3, pid 77, since 10:00:00): gave up, the next round tries again
+Fatal error: Lost connection with the server
+"""
+
+REFUSED = """\
+Unison 2.52.1 (ocaml 4.13.1): Contacting server...
+replimesh: refused: deletion guard: /srv/replimesh/data on node2 holds 0 files
+Fatal error: Lost connection with the server
+"""
+
+INCOMING = """\
+Reconciling changes
+         <---- new file   b.txt  \n\
+changed  <==== changed    c.txt  \n\
+new file ---->            a.txt  \n\
+         <---- deleted    d.txt  \n\
+Propagating updates
 """

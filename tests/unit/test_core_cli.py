@@ -162,7 +162,7 @@ def test_sync_text_prints_a_header_and_a_line_per_peer(node, capsys):
 def test_sync_with_a_missing_root_exits_one(tmp_path, capsys):
     _, path = write_node(tmp_path, PEERS, roots=["/nonexistent/replimesh"])
     assert cli.main(["--config", path, "sync"]) == 1
-    assert "does not exist: not syncing it" in capsys.readouterr().out
+    assert "does not exist on node1 (disk not mounted?): not synced" in capsys.readouterr().out
 
 
 def test_serve_refusal_exits_one(node, monkeypatch, capsys):

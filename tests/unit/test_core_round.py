@@ -84,11 +84,16 @@ def test_first_reachable_tries_the_addresses_in_order(listening_port):
     assert sync_round.first_reachable(("127.0.0.2", "127.0.0.3"), listening_port, 1) is None
 
 
-def test_missing_root_fails_the_peer_without_syncing(tmp_path):
-    cfg, _ = write_node(tmp_path, [], roots=[str(tmp_path / "data"), "/nonexistent/replimesh"])
-    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"))
+def test_a_missing_root_is_not_synced_and_fails_the_peer(tmp_path, listening_port):
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, "")})
+    cfg, _ = write_node(tmp_path, [], roots=[str(tmp_path / "data"), "/nonexistent/replimesh"],
+                        ssh_port=listening_port, unison=program)
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
     assert result.result == FAILED
-    assert result.message == "local root /nonexistent/replimesh does not exist: not syncing it"
+    assert result.message == ("/nonexistent/replimesh: root /nonexistent/replimesh does not "
+                              "exist on node1 (disk not mounted?): not synced; mount it or "
+                              "create it")
+    assert [call["argv"][0] for call in calls_of(calls)] == [str(tmp_path / "data")]
 
 
 def test_closed_port_is_unreachable(tmp_path):
@@ -117,10 +122,11 @@ def test_reachable_peer_sums_files_bytes_and_conflicts(tmp_path, listening_port)
     program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, TRANSFERRED),
                                             str(second): (1, CONFLICT)})
     cfg, _ = write_node(tmp_path, [], roots=[str(tmp_path / "data"), str(second)],
-                        ssh_port=listening_port, unison=program)
+                        ssh_port=listening_port, unison=program, conflict_policy="keep-both")
     result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
     assert (result.result, result.files, result.bytes, result.conflicts) == (OK, 1, 6, 1)
-    assert result.message == f"{second}: 1 conflict(s) left as they are: a.txt"
+    assert result.message == (f"{second}: 1 conflict(s) left as they are (policy keep-both): "
+                              "a.txt")
     assert len(calls_of(calls)) == 2
 
 

@@ -1,5 +1,5 @@
-"""The forced command: only `unison -server` and the peer-list exchange from an active
-peer pass, every decision logged."""
+"""The forced command: only the Unison server for one of the node's replicas and the
+peer-list exchange from an active peer pass, every decision logged."""
 
 import io
 import json
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from plugins.module_utils.replimesh import membership, serve
+from plugins.module_utils.replimesh import membership, replica, serve
 from plugins.module_utils.replimesh import peers as peer_list
 from plugins.module_utils.replimesh.serve import Refused
 
-from .support import signed, write_node
+from .support import script, signed, write_node
 
 PEERS = [{"name": "node1", "address": "127.0.0.1"},
          {"name": "node2", "address": "127.0.0.2"},
@@ -30,12 +30,22 @@ def log_lines(cfg):
         return handle.read().splitlines()
 
 
-@pytest.mark.parametrize("command, extra", [
-    ("unison -server", []),
-    ("unison -server __new-rpc-mode", ["__new-rpc-mode"]),
-])
-def test_unison_server_runs_the_configured_unison(cfg, command, extra):
-    assert serve.check(cfg, "node2", command) == ["/opt/unison/bin/unison", "-server", *extra]
+@pytest.mark.parametrize("flags", [[], ["__new-rpc-mode"]])
+def test_unison_server_runs_the_configured_unison(cfg, flags):
+    root = cfg.roots[0]
+    command = " ".join(["replimesh-replica", root, "-server", *flags])
+    assert serve.check(cfg, "node2", command) == ["/opt/unison/bin/unison", root, "-server",
+                                                  *flags]
+
+
+def test_a_root_that_is_not_a_replica_is_refused(cfg):
+    with pytest.raises(Refused, match="/etc is not a replica of node1"):
+        serve.check(cfg, "node2", "replimesh-replica /etc -server")
+
+
+def test_a_plain_unison_server_is_refused_naming_the_fix(cfg):
+    with pytest.raises(Refused, match="older replimesh; deploy it with playbooks/site.yml"):
+        serve.check(cfg, "node2", "unison -server")
 
 
 @pytest.mark.parametrize("command, needle", [
@@ -43,7 +53,8 @@ def test_unison_server_runs_the_configured_unison(cfg, command, extra):
     ("", "no command given"),
     ("id", "command not allowed: 'id'"),
     ("unison -server; id", "command not allowed"),
-    ("unison -server -foo", "command not allowed"),
+    ("replimesh-replica /srv -server -foo", "command not allowed"),
+    ("replimesh-replica /srv", "command not allowed"),
     ("unison", "command not allowed"),
     ("scp -t /srv", "command not allowed"),
     ("unison -server 'oops", "unparsable command"),
@@ -87,18 +98,54 @@ def test_each_decision_appends_a_line(cfg, monkeypatch):
     assert len(log_lines(cfg)) == 2
 
 
-def test_allowed_command_is_logged_then_execd(cfg, monkeypatch):
-    calls = []
-    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "unison -server __new-rpc-mode")
-    monkeypatch.setattr(os, "chdir", lambda path: calls.append(("chdir", path)))
-    monkeypatch.setattr(os, "execve", lambda *args: calls.append(("execve", *args)))
-    serve.serve(cfg, "node2")
-    (_, folder), (_, program, argv, env) = calls
-    assert folder == "/"
-    assert (program, argv) == ("/opt/unison/bin/unison",
-                               ["/opt/unison/bin/unison", "-server", "__new-rpc-mode"])
-    assert env["UNISONLOCALHOSTNAME"] == "node1"
-    assert log_lines(cfg)[0].endswith("accepted node2: -server __new-rpc-mode")
+FAKE_SERVER = """#!/bin/sh
+# Stands in for `unison -server`: tells its argv, cwd and host name, and whether the
+# replica's lock is held while it runs.
+if flock -n "$LOCK" true; then held=no; else held=yes; fi
+echo "$* | $(pwd) | $UNISONLOCALHOSTNAME | held=$held" > "$OUT"
+"""
+
+
+def test_the_unison_server_runs_under_the_replica_lock(tmp_path, monkeypatch):
+    program = script(tmp_path, "unison", FAKE_SERVER)
+    cfg = write_node(tmp_path, PEERS, unison=program)[0]
+    root = cfg.roots[0]
+    monkeypatch.setenv("LOCK", replica.lock_path(cfg, root))
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {root} -server __new-rpc-mode")
+    assert serve.serve(cfg, "node2") == 0
+    assert (tmp_path / "out").read_text() == "-server __new-rpc-mode | / | node1 | held=yes\n"
+    assert log_lines(cfg)[0].endswith(f"accepted node2: -server __new-rpc-mode on {root}")
+    assert replica.recorded_files(cfg, root) == 0
+    with replica.held(cfg, root, "test", 0):  # let go of when the server exits
+        pass
+
+
+def test_a_replica_held_by_another_session_is_busy(tmp_path, monkeypatch, capsys):
+    cfg = write_node(tmp_path, PEERS, unison=script(tmp_path, "unison", "exit 0\n"))[0]
+    root = cfg.roots[0]
+    monkeypatch.setattr(serve, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {root} -server")
+    with replica.held(cfg, root, "round of node1 with node3", 0):
+        assert serve.serve(cfg, "node2") == serve.EXIT_BUSY
+    err = capsys.readouterr().err
+    assert err.startswith(f"replimesh: busy: replica {root} on node1 stayed busy")
+    assert "held by round of node1 with node3" in err
+
+
+def test_a_wiped_replica_is_not_served(tmp_path, monkeypatch, capsys):
+    cfg = write_node(tmp_path, PEERS, unison=script(tmp_path, "unison", "exit 0\n"))[0]
+    root = cfg.roots[0]
+    for number in range(3):
+        (Path(root) / f"f{number}").write_text("x")
+    with replica.held(cfg, root, "test", 0):
+        replica.record(cfg, root)
+    for number in range(3):
+        (Path(root) / f"f{number}").unlink()
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {root} -server")
+    assert serve.serve(cfg, "node2") == 1
+    assert "replimesh: refused: deletion guard" in capsys.readouterr().err
+    assert replica.recorded_files(cfg, root) == 3
 
 
 def test_unwritable_log_is_reported_not_fatal(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,9 @@ from plugins.module_utils.replimesh import config, unison
 from .support import (
     CONFLICT,
     FATAL,
-    LOCKED,
+    BUSY,
+    INCOMING,
+    REFUSED,
     SOME_FAILED,
     TRANSFERRED,
     calls_of,
@@ -104,18 +106,29 @@ def test_run_parses_what_the_program_prints(tmp_path):
     assert (call["cwd"], call["host"]) == ("/", "node1")
 
 
-def test_locked_archives_are_waited_for(tmp_path):
-    program, calls = fake_unison(tmp_path, {"/srv/d": [(3, LOCKED), (3, LOCKED), (0, TRANSFERRED)]})
-    cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
-    session = unison.run_when_unlocked(cfg, "/srv/d", ADDRESS, wait_s=10)
-    assert (session.exit_code, session.locked, session.transferred) == (0, False, ["node1.txt"])
-    assert len(calls_of(calls)) == 3
+def test_changes_coming_in_are_counted_by_their_arrows():
+    assert unison.parse(0, INCOMING).incoming == 3
+    assert unison.parse(0, TRANSFERRED).incoming == 0
 
 
-def test_archives_locked_for_too_long_give_up_saying_why(tmp_path):
-    program, calls = fake_unison(tmp_path, {"/srv/d": (3, LOCKED)})
-    cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
-    session = unison.run_when_unlocked(cfg, "/srv/d", ADDRESS, wait_s=1)
-    assert session.locked and session.exit_code == 3
-    assert session.error.startswith("Unison's archives stayed locked by another session for 1 s")
-    assert 1 <= len(calls_of(calls)) <= 3
+def test_a_busy_peer_replica_is_told_apart_and_named():
+    session = unison.parse(3, BUSY)
+    assert session.busy
+    assert session.error.startswith("busy: replica /srv/replimesh/data on node2 stayed busy")
+
+
+def test_a_refusal_by_the_peer_beats_lost_connection():
+    session = unison.parse(3, REFUSED)
+    assert not session.busy
+    assert session.error == ("the peer refused: deletion guard: /srv/replimesh/data on node2 "
+                             "holds 0 files")
+
+
+def test_command_names_the_replica_and_keeps_backups_out_of_the_sync():
+    cfg = config.parse({"node": "node1", "roots": ["/srv/my data"]})
+    argv = unison.command(cfg, "/srv/my data", ADDRESS, ("-path", "a"))
+    assert argv[argv.index("-servercmd") + 1] == "replimesh-replica '/srv/my data'"
+    assert "-ignorelocks" in argv
+    assert argv[argv.index("-backupdir") + 1] == "/srv/my data/.replimesh-backup"
+    assert argv[argv.index("-ignore") + 1] == "Path .replimesh-backup"
+    assert argv[-2:] == ["-path", "a"]

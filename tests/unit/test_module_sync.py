@@ -62,7 +62,7 @@ def test_failed_peer_fails_the_task(sync_module, tmp_path, capsys):
     assert code == 1
     assert result["failed"] is True
     assert result["failed_peers"] == ["node2", "node3"]
-    assert result["msg"].startswith("sync failed with node2 (local root /nonexistent/replimesh")
+    assert result["msg"].startswith("sync failed with node2 (root /nonexistent/replimesh does not")
 
 
 def test_bad_config_fails_with_its_message(sync_module, tmp_path, capsys):

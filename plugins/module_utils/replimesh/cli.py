@@ -34,7 +34,8 @@ def _sync(cfg, args) -> int:
             print(_peer_line(result.as_dict()), flush=True)
     if not args.json:
         print(f"== {now()} {cfg.node}: sync round", flush=True)
-    results = run_round(cfg, progress=show)
+    results = run_round(cfg, progress=show, second_pass=not args.one_pass,
+                        allow_deletions=args.allow_deletions)
     if args.json:
         print(json.dumps({"node": cfg.node, "peers": [r.as_dict() for r in results]}, indent=2))
     return exit_code(results)
@@ -53,6 +54,8 @@ def _status(cfg, args) -> int:
     for name in sorted(recorded["peers"]):
         entry = recorded["peers"][name]
         print(f"{_peer_line(entry)}  (at {entry.get('at')}, last ok {entry.get('last_ok')})")
+        for settled in entry.get("settled") or []:
+            print(f"  conflict {settled}")
     return EXIT_OK
 
 
@@ -105,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sync = verbs.add_parser("sync", help="one round against every active peer")
     sync.add_argument("--json", action="store_true", help="print the results as JSON")
+    sync.add_argument("--allow-deletions", action="store_true",
+                      help="take every root as it is now as intended, past the deletion "
+                           "guard (after a large deletion you made on purpose)")
+    sync.add_argument("--one-pass", action="store_true",
+                      help="no second pass to the peers that missed a change in this round "
+                           "(the mesh then needs a round on every node to converge)")
     sync.set_defaults(handler=_sync)
 
     serve_verb = verbs.add_parser("serve", help="the forced command of peers' SSH keys")

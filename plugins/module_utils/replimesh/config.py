@@ -32,12 +32,27 @@ class Config:
     known_hosts: str = "/var/lib/replimesh/.ssh/known_hosts"
     command: str = "/usr/local/bin/replimesh"   # what peers' keys are forced to run
     ssh: str = "/usr/bin/ssh"
+    # Replica safety: each replica's lock and file count live in replica_dir; a session
+    # waits at most lock_wait seconds for a replica another session holds.
+    replica_dir: str = "/var/lib/replimesh/replicas"
+    lock_wait: int = 120
+    # Who wins when a file changed on both sides: newer | keep-both | prefer:NODE.
+    conflict_policy: str = "newer"
+    # Content deleted or overwritten by a sync is kept this long in <root>/.replimesh-backup.
+    backup_days: int = 14
+    # A round refuses to sync a root that lost more than this share of its files since
+    # its last session (a wiped or unmounted disk), until `sync --allow-deletions`.
+    max_delete_share: float = 0.5
 
 
 _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_file": str,
           "log_dir": str, "unison": str, "ssh_port": int, "connect_timeout": int,
           "session_timeout": int, "operator_signers": str, "authorized_keys": str,
-          "known_hosts": str, "command": str, "ssh": str}
+          "known_hosts": str, "command": str, "ssh": str, "replica_dir": str,
+          "lock_wait": int, "conflict_policy": str, "backup_days": int,
+          "max_delete_share": (int, float)}
+POLICIES = ("newer", "keep-both")
+PREFER = "prefer:"
 
 
 def load(path: str | None = None) -> Config:
@@ -68,14 +83,24 @@ def parse(data: Any, origin: str = "config") -> Config:
             raise ConfigError(f"{origin}: missing setting {key!r}")
     for key, value in data.items():
         kind = _TYPES[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{origin}: {key} must be a {kind.__name__}, not {value!r}")
+        if not isinstance(value, kind) or (kind is not str and isinstance(value, bool)):
+            name = "number" if isinstance(kind, tuple) else kind.__name__
+            raise ConfigError(f"{origin}: {key} must be a {name}, not {value!r}")
     roots = data["roots"]
     if not roots or not all(isinstance(r, str) and r.startswith("/") for r in roots):
         raise ConfigError(f"{origin}: roots must be a non-empty list of absolute paths")
     if len(set(roots)) != len(roots):
         raise ConfigError(f"{origin}: roots lists the same path twice")
-    for key in ("connect_timeout", "session_timeout", "ssh_port"):
+    for key in ("connect_timeout", "session_timeout", "ssh_port", "lock_wait"):
         if key in data and data[key] <= 0:
             raise ConfigError(f"{origin}: {key} must be positive")
+    if data.get("backup_days", 0) < 0:
+        raise ConfigError(f"{origin}: backup_days must be 0 or more")
+    if not 0 < data.get("max_delete_share", 0.5) <= 1:
+        raise ConfigError(f"{origin}: max_delete_share must be above 0 and at most 1 "
+                          "(1 turns the deletion guard off)")
+    policy = data.get("conflict_policy", "newer")
+    if policy not in POLICIES and not (policy.startswith(PREFER) and policy[len(PREFER):]):
+        raise ConfigError(f"{origin}: conflict_policy {policy!r} is not one of newer, "
+                          "keep-both, prefer:NODE")
     return Config(**{**data, "roots": tuple(roots)})

@@ -1,8 +1,15 @@
-"""One sync round: this node against every active peer, one after the other."""
+"""One sync round: this node against every active peer, one after the other.
+
+A round converges every reachable node by itself: a gather pass syncs with each peer in
+turn, so this node ends up holding every change; a second pass then goes back only to
+the peers synced before the last change that came in, and only for the roots that
+changed. Every session holds the replica's lock on both sides (see replica.py).
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import stat
 import time
@@ -10,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import membership, state, unison
+from . import conflicts, membership, replica, state, unison
 from . import peers as peer_list
 from .config import Config
 from .errors import ConfigError, ReplimeshError
@@ -27,9 +34,11 @@ class PeerResult:
     duration: float      # seconds
     files: int = 0       # files transferred, both ways, all roots
     bytes: int = 0       # size of the files transferred (Unison may send less: rsync deltas)
-    conflicts: int = 0   # paths changed on both sides, left as they were
+    conflicts: int = 0   # paths changed on both sides since the last session
     learned: list[str] = field(default_factory=list)  # peer-list entries taken in
     message: str = ""
+    sessions: int = 0    # Unison sessions run with this peer
+    settled: list[str] = field(default_factory=list)  # how each conflict was settled
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,29 +49,82 @@ class Removed(ReplimeshError):
 
 
 def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
-              exchange: bool = True) -> list[PeerResult]:
-    """Sync every root with every active peer in this node's rotated order; record it.
+              exchange: bool = True, second_pass: bool = True,
+              allow_deletions: bool = False) -> list[PeerResult]:
+    """Sync every root with every active peer in this node's rotated order, then go back
+    to the peers that missed a change (second_pass); record it.
 
-    Each session starts with a peer-list exchange; the list is read again after each
-    peer, so a peer learned in this round is synced in this round, and one that became
-    removed is not contacted.
+    Each peer's sessions start with a peer-list exchange; the list is read again after
+    each peer, so a peer learned in this round is synced in this round, and one that
+    became removed is not contacted. allow_deletions takes each root as it is now as
+    intended, past the deletion guard.
     """
     peers = membership.load(cfg)
+    _refuse_if_removed(cfg, peers)
+    if allow_deletions:
+        accept_deletions(cfg)
     results: list[PeerResult] = []
-    done: set[str] = set()
+    incoming: dict[str, list[int]] = {}  # root -> changes in from each peer, in order
     while True:
         _refuse_if_removed(cfg, peers)
+        done = {r.peer for r in results}
         pending = [e for e in peer_list.rotated(peers, cfg.node) if e.name not in done]
         if not pending:
             break
-        done.add(pending[0].name)
-        result = sync_peer(cfg, pending[0], exchange)
+        came_in: dict[str, int] = {}
+        result = sync_peer(cfg, pending[0], exchange, incoming=came_in)
+        for root in cfg.roots:
+            incoming.setdefault(root, []).append(came_in.get(root, 0))
         results.append(result)
         if progress:
             progress(result)
         peers = membership.load(cfg)
+    if second_pass:
+        for index, roots in behind(incoming, results).items():
+            result = results[index]
+            entry = peers.get(result.peer)
+            if entry is None or not entry.active:
+                continue
+            again = sync_peer(cfg, entry, exchange=False, roots=roots, address=result.address)
+            merge(result, again)
+            if progress:
+                again.message = "; ".join(m for m in ("second pass", again.message) if m)
+                progress(again)
     state.record(cfg.state_file, cfg.node, now(), [r.as_dict() for r in results])
     return results
+
+
+def behind(incoming: dict[str, list[int]], results: list[PeerResult]) -> dict[int, list[str]]:
+    """{index of a peer synced before the last change that came in: the roots to sync
+    with it again}. A peer synced after it already holds every change."""
+    again: dict[int, list[str]] = {}
+    for root, changes in incoming.items():
+        last = max((i for i, n in enumerate(changes) if n), default=-1)
+        for index in range(last):
+            if results[index].result == OK:
+                again.setdefault(index, []).append(root)
+    return again
+
+
+def merge(first: PeerResult, again: PeerResult) -> None:
+    """Fold a second-pass result into the peer's first one."""
+    first.files += again.files
+    first.bytes += again.bytes
+    first.sessions += again.sessions
+    first.conflicts += again.conflicts
+    first.settled += again.settled
+    first.duration = round(first.duration + again.duration, 2)
+    if again.result != OK:
+        first.result = again.result
+    first.message = "; ".join(m for m in (first.message, again.message) if m)
+
+
+def accept_deletions(cfg: Config) -> None:
+    """Take every existing root as it is now as the guard's reference."""
+    for root in cfg.roots:
+        if os.path.isdir(root):
+            with replica.held(cfg, root, f"{cfg.node} accepting deletions", cfg.lock_wait):
+                replica.record(cfg, root)
 
 
 def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
@@ -71,14 +133,18 @@ def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
                       "(its data is left as it is)")
 
 
-def sync_peer(cfg: Config, peer: Entry, exchange: bool = True) -> PeerResult:
+def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
+              roots: list[str] | None = None, address: str | None = None,
+              incoming: dict[str, int] | None = None) -> PeerResult:
+    """Sync the roots (all by default) with one peer; note in incoming[root] how many
+    changes came in from it."""
     started = time.monotonic()
-    missing = [root for root in cfg.roots if not os.path.isdir(root)]
-    if missing:
+    roots = list(cfg.roots) if roots is None else roots
+    if not any(os.path.isdir(root) for root in roots):
         # A missing root (unmounted disk?) is not an empty one: never sync it.
         return PeerResult(peer.name, peer.addresses[0], FAILED, 0.0,
-                          message=f"local root {missing[0]} does not exist: not syncing it")
-    address = first_reachable(peer.addresses, cfg.ssh_port, cfg.connect_timeout)
+                          message=replica.check(cfg, roots[0]))
+    address = address or first_reachable(peer.addresses, cfg.ssh_port, cfg.connect_timeout)
     if address is None:
         return PeerResult(peer.name, peer.addresses[0], UNREACHABLE,
                           round(time.monotonic() - started, 2),
@@ -101,22 +167,95 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True) -> PeerResult:
                 return result
         except ConfigError as error:
             problems.append(str(error))
-    for root in cfg.roots:
-        session = unison.run_when_unlocked(cfg, root, address)
-        result.files += len(session.transferred)
-        result.bytes += transferred_bytes(root, session.transferred)
-        result.conflicts += len(session.conflicts)
+    for root in roots:
+        outcome = sync_root(cfg, peer.name, address, root)
+        session = outcome.failure or outcome.session
+        if incoming is not None:
+            incoming[root] = outcome.incoming
+        result.sessions += outcome.sessions
+        result.files += outcome.files
+        result.bytes += outcome.bytes
+        result.conflicts += len(outcome.session.conflicts)
+        result.settled += [s.describe() for s in outcome.settled]
         if session.exit_code not in (unison.EXIT_OK, unison.EXIT_SKIPPED):
             result.result = FAILED
             failed = (f" ({len(session.failed)} path(s) failed: "
                       f"{', '.join(session.failed[:3])})" if session.failed else "")
             problems.append(f"{root}: {session.error}{failed}")
+        elif outcome.settled:
+            problems.append(f"{root}: {len(outcome.settled)} conflict(s) settled, both "
+                            "versions kept: " + "; ".join(result.settled[:3]))
         elif session.conflicts:
-            problems.append(f"{root}: {len(session.conflicts)} conflict(s) left as they are: "
-                            + ", ".join(session.conflicts[:3]))
+            problems.append(f"{root}: {len(session.conflicts)} conflict(s) left as they are "
+                            f"(policy {cfg.conflict_policy}): " + ", ".join(session.conflicts[:3]))
+        if outcome.settled and session is not outcome.session:
+            problems.append(f"{root}: conflicts settled here, not yet passed on: "
+                            + "; ".join(s.describe() for s in outcome.settled[:3]))
     result.message = "; ".join(problems)
     result.duration = round(time.monotonic() - started, 2)
     return result
+
+
+@dataclass
+class RootOutcome:
+    session: unison.Session   # the first session (its conflicts)
+    failure: unison.Session | None = None  # the first session that failed, if any
+    sessions: int = 0
+    files: int = 0
+    bytes: int = 0
+    incoming: int = 0
+    settled: list[conflicts.Settled] = field(default_factory=list)
+
+
+def sync_root(cfg: Config, peer: str, address: str, root: str) -> RootOutcome:
+    """One root with one peer, holding the local replica's lock; while the peer's replica
+    is busy, let go of ours (so that two rounds never wait on each other) and try again
+    after a random pause, for at most cfg.lock_wait seconds in all."""
+    deadline = time.monotonic() + cfg.lock_wait
+    pause = 0.5
+    while True:
+        try:
+            with replica.held(cfg, root, f"round of {cfg.node} with {peer}",
+                              max(0.0, deadline - time.monotonic())):
+                outcome = _sync_root_locked(cfg, peer, address, root)
+        except replica.Busy as busy:
+            return RootOutcome(unison.Session(unison.EXIT_FATAL, error=str(busy)))
+        if not outcome.session.busy:
+            return outcome
+        if time.monotonic() + pause > deadline:
+            outcome.session.error = (f"{outcome.session.error}: still so after "
+                                     f"{cfg.lock_wait} s, gave up; the next round tries again")
+            return outcome
+        time.sleep(random.uniform(pause / 2, pause))
+        pause = min(pause * 2, 8.0)
+
+
+def _sync_root_locked(cfg: Config, peer: str, address: str, root: str) -> RootOutcome:
+    refusal = replica.check(cfg, root)
+    if refusal:  # never sync a root that looks wiped or unmounted
+        return RootOutcome(unison.Session(unison.EXIT_FATAL, error=refusal))
+    replica.prune_backups(cfg, root)
+    outcome = RootOutcome(unison.Session(unison.EXIT_OK))
+
+    def session(extra: tuple[str, ...] = ()) -> unison.Session:
+        done = unison.run(cfg, root, address, extra)
+        outcome.sessions += 1
+        outcome.files += len(done.transferred)
+        outcome.bytes += transferred_bytes(root, done.transferred)
+        outcome.incoming += done.incoming
+        if done.exit_code not in (unison.EXIT_OK, unison.EXIT_SKIPPED) and not outcome.failure:
+            outcome.failure = done
+        return done
+
+    outcome.session = session()
+    if outcome.session.busy:
+        return outcome
+    if outcome.session.conflicts and cfg.conflict_policy != conflicts.KEEP_BOTH:
+        remote_root = unison.command(cfg, root, address)[2]
+        outcome.settled = conflicts.settle(cfg, root, peer, remote_root,
+                                           outcome.session.conflicts, session)
+    replica.record(cfg, root)
+    return outcome
 
 
 def first_reachable(addresses: tuple[str, ...], port: int, timeout: float) -> str | None:

@@ -1,26 +1,32 @@
 """`replimesh serve --peer NAME`: the forced command of every peer's key.
 
 sshd runs it instead of whatever the peer asked for, which arrives in
-SSH_ORIGINAL_COMMAND. Only replimesh's own verbs pass: the Unison server, and the
-peer-list exchange. Anything else (a shell, scp, another program) is refused with a
-logged one-line reason and a non-zero exit.
+SSH_ORIGINAL_COMMAND. Only replimesh's own verbs pass: the Unison server for one of
+this node's replicas (run under that replica's lock), and the peer-list exchange.
+Anything else (a shell, scp, another program) is refused with a logged one-line reason
+and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 
-from . import journal, membership, unison
+from . import journal, membership, replica, unison
 from .config import Config
 from .errors import ConfigError
 
-# What Unison's client asks the server side to run (`<servercmd> -server`); newer
-# releases may add flags of their own after it.
-UNISON_SERVER = ("unison", "-server")
+# What a round's Unison asks the server side to run (`<servercmd> -server`, the server
+# command naming the replica); newer releases may add flags of their own after it.
 UNISON_SERVER_FLAGS = {"__new-rpc-mode"}
 LOG = "serve.log"
+# A session waits this long for a replica another session holds, then is told it is
+# busy: the client lets go of its own replica and tries again, so two rounds that meet
+# never wait on each other.
+LOCK_WAIT_S = 2.0
+EXIT_BUSY = 75  # EX_TEMPFAIL
 
 
 class Refused(Exception):
@@ -41,8 +47,14 @@ def check(cfg: Config, peer: str, original_command: str | None) -> list[str]:
         argv = shlex.split(original_command)
     except ValueError:
         raise Refused(f"unparsable command {original_command!r}") from None
-    if tuple(argv[:2]) == UNISON_SERVER and set(argv[2:]) <= UNISON_SERVER_FLAGS:
-        return [cfg.unison, "-server", *argv[2:]]
+    if (len(argv) >= 3 and argv[0] == unison.REPLICA_SERVER and argv[2] == "-server"
+            and set(argv[3:]) <= UNISON_SERVER_FLAGS):
+        if argv[1] not in cfg.roots:
+            raise Refused(f"{argv[1]} is not a replica of {cfg.node}")
+        return [cfg.unison, *argv[1:]]  # [unison, root, -server, flags...]
+    if argv[:2] == ["unison", "-server"]:
+        raise Refused(f"{peer} asked for a plain `unison -server`: it runs an older "
+                      "replimesh; deploy it with playbooks/site.yml")
     if argv == membership.EXCHANGE.split():
         return [membership.EXCHANGE]
     raise Refused(f"command not allowed: {original_command[:200]!r}")
@@ -59,10 +71,32 @@ def serve(cfg: Config, peer: str) -> int:
         return 1
     if argv == [membership.EXCHANGE]:
         return _exchange(cfg, peer)
-    journal.append(cfg, LOG, f"accepted {peer}: {' '.join(argv[1:])}")
-    os.chdir("/")
-    os.execve(argv[0], argv, unison.environment(cfg))
-    return 0  # not reached
+    return _unison_server(cfg, peer, argv[1], [argv[0], *argv[2:]])
+
+
+def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
+    """Run the Unison server for a peer's session on root, holding the replica's lock
+    until it exits (the server inherits it too); then record the replica's size for the
+    deletion guard."""
+    try:
+        fd = replica.acquire(cfg, root, f"session from {peer}", LOCK_WAIT_S)
+    except replica.Busy as busy:
+        journal.append(cfg, LOG, f"busy for {peer}: {busy}")
+        print(f"{unison.BUSY}{busy}", file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        refusal = replica.check(cfg, root)
+        if refusal:
+            journal.append(cfg, LOG, f"refused {peer}: {refusal}")
+            print(f"{unison.REFUSED}{refusal}", file=sys.stderr)
+            return 1
+        journal.append(cfg, LOG, f"accepted {peer}: {' '.join(argv[1:])} on {root}")
+        code = subprocess.run(argv, cwd="/", env=unison.environment(cfg), pass_fds=(fd,),
+                              check=False).returncode
+        replica.record(cfg, root)
+        return code
+    finally:
+        os.close(fd)
 
 
 def _exchange(cfg: Config, peer: str) -> int:

@@ -1,32 +1,39 @@
 """One Unison session between a local root and the same root on a peer, and its outcome.
 
 Unison runs in batch mode over SSH as the sync user; on the peer, the sync user's key
-is forced to `replimesh serve`, which execs `unison -server`. Unison's text output is
-parsed for what the round reports: files transferred, conflicts skipped, errors.
+is forced to `replimesh serve`, which takes the lock of the replica named in the server
+command and runs `unison -server`. Unison's text output is parsed for what the round
+reports: files transferred, changes that came in, conflicts skipped, errors.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
+import shlex
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 
 from .config import Config
+from .replica import BACKUP_DIR
 
 # Unison's exit codes (manual, "Exit code").
 EXIT_OK, EXIT_SKIPPED, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2, 3
-# What Unison says when another session holds the archives of this pair of replicas.
-ARCHIVES_LOCKED = "the archives are locked"
-LOCK_WAIT_S = 60
+# The server command a session asks for: `replimesh-replica ROOT -server`, so that the
+# peer's `replimesh serve` knows which replica to lock.
+REPLICA_SERVER = "replimesh-replica"
+# What `replimesh serve` prints on the peer when it turns a session down.
+BUSY = "replimesh: busy: "
+REFUSED = "replimesh: refused: "
 
 # Unison may put a progress display ("100%  00:00 ETA") before a line: search, not match.
 _TRANSFER = re.compile(r"\[END\] (?:Copying|Updating file|Deleting) (.+?)\s*$")
 _SKIPPED = re.compile(r"(?:^|\s)skipped: (.+?)(?: \([^()]*\))?\s*$")
 _FAILED = re.compile(r"(?:^|\s)failed: (.+?)\s*$")
+# A reconciliation line whose arrow points at the local replica (the first root):
+# "         <---- new file   b.txt", "changed  <==== changed    c.txt" (forced by -prefer).
+_INCOMING = re.compile(r"^\S*\s+<(?:----|====|-M->)\s")
 
 
 @dataclass
@@ -38,37 +45,30 @@ class Session:
     failed: list[str] = field(default_factory=list)
     error: str = ""
     timed_out: bool = False
-    locked: bool = False  # another session held the archives: nothing was done
+    incoming: int = 0     # changes that came into the local replica
+    busy: bool = False    # the peer's replica was held by another session: nothing done
 
 
-def command(cfg: Config, root: str, address: str) -> list[str]:
+def command(cfg: Config, root: str, address: str, extra: tuple[str, ...] = ()) -> list[str]:
     """The argv of a Unison session: local root against the same path on the peer."""
     remote = f"ssh://{cfg.user}@{address}/{root}"  # ssh://u@h//abs/path
     ssh_args = f"-o ConnectTimeout={cfg.connect_timeout} -p {cfg.ssh_port}"
     return [cfg.unison, root, remote, "-batch", "-times", "-log=false",
-            "-sshargs", ssh_args, "-ui", "text"]
+            "-sshargs", ssh_args, "-ui", "text",
+            "-servercmd", shlex.join([REPLICA_SERVER, root]),
+            # Both replicas' replimesh locks are held for the whole session, so a Unison
+            # lock file found now was left by a session that was killed.
+            "-ignorelocks",
+            # What a sync deletes or overwrites moves to the root's backup area, which
+            # itself is never synced.
+            "-backup", "Name *", "-backuploc", "central",
+            "-backupdir", os.path.join(root, BACKUP_DIR), "-maxbackups", "100",
+            "-ignore", f"Path {BACKUP_DIR}", *extra]
 
 
-def run_when_unlocked(cfg: Config, root: str, address: str, wait_s: float = LOCK_WAIT_S) -> Session:
-    """Run a session; while another session holds the archives (two rounds meeting on the
-    same replicas), try again after a short random pause, for at most wait_s seconds."""
-    deadline = time.monotonic() + wait_s
-    pause = 0.5
-    while True:
-        session = run(cfg, root, address)
-        if not session.locked or time.monotonic() + pause > deadline:
-            break
-        time.sleep(random.uniform(pause / 2, pause))  # jitter: waiters do not retry in step
-        pause = min(pause * 2, 8.0)
-    if session.locked:
-        session.error = (f"Unison's archives stayed locked by another session for {wait_s:g} s: "
-                         "gave up (if no Unison runs on either node, a lock was left behind)")
-    return session
-
-
-def run(cfg: Config, root: str, address: str) -> Session:
+def run(cfg: Config, root: str, address: str, extra: tuple[str, ...] = ()) -> Session:
     """Run one session, stopped after cfg.session_timeout seconds."""
-    process = subprocess.Popen(command(cfg, root, address), stdout=subprocess.PIPE,
+    process = subprocess.Popen(command(cfg, root, address, extra), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, errors="replace", start_new_session=True,
                                cwd="/", env=environment(cfg))
@@ -93,9 +93,15 @@ def environment(cfg: Config) -> dict[str, str]:
 def parse(exit_code: int, output: str) -> Session:
     session = Session(exit_code)
     lines = output.replace("\r", "\n").splitlines()
+    refusal = ""
     for number, line in enumerate(lines):
-        if ARCHIVES_LOCKED in line:
-            session.locked = True
+        if line.startswith(BUSY):
+            session.busy = True
+            refusal = line[len("replimesh: "):]
+        elif line.startswith(REFUSED):
+            refusal = "the peer " + line[len("replimesh: "):]
+        if _INCOMING.search(line):
+            session.incoming += 1
         if match := _TRANSFER.search(line):
             session.transferred.append(match.group(1))
         elif match := _SKIPPED.search(line):
@@ -106,8 +112,10 @@ def parse(exit_code: int, output: str) -> Session:
             # Unison often puts the reason on the line after "Fatal error: ...:".
             reason = [line[len("Fatal error:"):].strip(), *lines[number + 1:number + 2]]
             session.error = " ".join(reason).strip()
-    if exit_code not in (EXIT_OK, EXIT_SKIPPED) and not session.error:
-        session.error = _last_words(output) or f"unison exited with status {exit_code}"
+    if exit_code not in (EXIT_OK, EXIT_SKIPPED):
+        # The peer's own reason beats Unison's "Lost connection with the server".
+        session.error = (refusal or session.error or _last_words(output)
+                         or f"unison exited with status {exit_code}")
     return session
 
 
