@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.module_utils.replimesh import membership, state
+from plugins.module_utils.replimesh import membership, replica, state
 from plugins.module_utils.replimesh import round as sync_round
 from plugins.module_utils.replimesh.round import (
     FAILED,
@@ -18,8 +18,10 @@ from plugins.module_utils.replimesh.round import (
 )
 
 from .support import (
+    BUSY,
     CONFLICT,
     FATAL,
+    INCOMING,
     SOME_FAILED,
     TRANSFERRED,
     calls_of,
@@ -279,3 +281,98 @@ def test_failed_paths_are_named_in_the_message(tmp_path, listening_port):
     result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
     assert result.result == FAILED
     assert result.message == f"{root}: failed: b.txt (1 path(s) failed: b.txt)"
+
+
+# One-round convergence: the second pass goes back only to the peers synced before the
+# last change that came in.
+
+@pytest.fixture
+def port_on_every_loopback_address():
+    import socket
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))
+        server.listen(16)
+        yield server.getsockname()[1]
+
+
+def three_peers(tmp_path, port, outcomes):
+    peers = [{"name": f"node{i}", "address": f"127.0.0.{i}"} for i in (1, 2, 3, 4)]
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): outcomes})
+    cfg, _ = write_node(tmp_path, peers, ssh_port=port, unison=program)
+    return cfg, calls
+
+
+def remote_hosts(calls):
+    return [call["argv"][1].split("@")[1].split("/")[0] for call in calls_of(calls)]
+
+
+def test_the_second_pass_goes_back_to_the_peers_before_the_last_change(
+        tmp_path, port_on_every_loopback_address):
+    cfg, calls = three_peers(tmp_path, port_on_every_loopback_address,
+                             [(0, TRANSFERRED), (0, INCOMING), (0, TRANSFERRED), (0, "")])
+    results = sync_round.run_round(cfg, exchange=False)
+    assert remote_hosts(calls) == ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.2"]
+    assert [(r.peer, r.sessions) for r in results] == [("node2", 2), ("node3", 1), ("node4", 1)]
+
+
+def test_no_change_coming_in_means_no_second_pass(tmp_path, port_on_every_loopback_address):
+    cfg, calls = three_peers(tmp_path, port_on_every_loopback_address, [(0, TRANSFERRED)])
+    sync_round.run_round(cfg, exchange=False)
+    assert len(calls_of(calls)) == 3
+
+
+def test_one_pass_is_the_original_scheme(tmp_path, port_on_every_loopback_address):
+    cfg, calls = three_peers(tmp_path, port_on_every_loopback_address,
+                             [(0, TRANSFERRED), (0, TRANSFERRED), (0, INCOMING)])
+    sync_round.run_round(cfg, exchange=False, second_pass=False)
+    assert len(calls_of(calls)) == 3
+
+
+def test_behind_skips_failed_peers_and_roots_without_changes():
+    results = [outcome(OK), outcome(FAILED), outcome(OK), outcome(OK)]
+    assert sync_round.behind({"/a": [0, 0, 2, 0], "/b": [1, 0, 0, 0]}, results) == \
+        {0: ["/a"]}
+    assert sync_round.behind({"/a": [0, 0, 0, 3]}, results) == {0: ["/a"], 2: ["/a"]}
+
+
+def test_a_busy_peer_replica_is_tried_again_with_ours_let_go(tmp_path, listening_port):
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): [(3, BUSY), (0, TRANSFERRED)]})
+    cfg, _ = write_node(tmp_path, [], ssh_port=listening_port, unison=program)
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
+    assert (result.result, result.files, result.sessions) == (OK, 1, 1)
+    assert len(calls_of(calls)) == 2
+
+
+def test_a_peer_replica_busy_for_too_long_fails_saying_so(tmp_path, listening_port):
+    program, _ = fake_unison(tmp_path, {str(tmp_path / "data"): (3, BUSY)})
+    cfg, _ = write_node(tmp_path, [], ssh_port=listening_port, unison=program, lock_wait=1)
+    result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
+    assert result.result == FAILED
+    assert "stayed busy for 2 s" in result.message
+    assert result.message.endswith("still so after 1 s, gave up; the next round tries again")
+
+
+def test_our_replica_held_too_long_fails_the_peer(tmp_path, listening_port):
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, TRANSFERRED)})
+    cfg, _ = write_node(tmp_path, [], ssh_port=listening_port, unison=program, lock_wait=1)
+    with replica.held(cfg, cfg.roots[0], "session from node3", 0):
+        result = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"), exchange=False)
+    assert result.result == FAILED
+    assert "held by session from node3" in result.message
+    assert not calls.exists()
+
+
+def test_a_wiped_root_is_not_synced_until_deletions_are_allowed(tmp_path, listening_port):
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, "")})
+    cfg, _ = write_node(tmp_path, [{"name": "node1", "address": "127.0.0.11"}, NODE2],
+                        ssh_port=listening_port, unison=program)
+    (tmp_path / "data" / "a").write_text("x")
+    replica.record(cfg, cfg.roots[0])
+    (tmp_path / "data" / "a").unlink()
+    result, = sync_round.run_round(cfg, exchange=False)
+    assert result.result == FAILED
+    assert "deletion guard" in result.message and "--allow-deletions" in result.message
+    assert not calls.exists()
+    result, = sync_round.run_round(cfg, exchange=False, allow_deletions=True)
+    assert result.result == OK
+    assert len(calls_of(calls)) == 1

@@ -44,7 +44,7 @@ def test_a_root_that_is_not_a_replica_is_refused(cfg):
 
 
 def test_a_plain_unison_server_is_refused_naming_the_fix(cfg):
-    with pytest.raises(Refused, match="older replimesh; deploy it with playbooks/site.yml"):
+    with pytest.raises(Refused, match=r"older replimesh; deploy it with playbooks/site\.yml"):
         serve.check(cfg, "node2", "unison -server")
 
 

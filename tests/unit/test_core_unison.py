@@ -5,9 +5,9 @@ import os
 from plugins.module_utils.replimesh import config, unison
 
 from .support import (
+    BUSY,
     CONFLICT,
     FATAL,
-    BUSY,
     INCOMING,
     REFUSED,
     SOME_FAILED,
@@ -63,6 +63,11 @@ def test_fatal_error_joins_the_reason_on_the_next_line():
 def test_fatal_error_on_the_last_line_stands_alone():
     assert unison.parse(3, "Fatal error: Lost connection with the server\n").error == \
         "Lost connection with the server"
+
+
+def test_a_progress_display_after_a_whole_fatal_line_is_left_out():
+    output = "Fatal error: Lost connection with the server\n 32%  00:08 ETA\n"
+    assert unison.parse(3, output).error == "Lost connection with the server"
 
 
 def test_failure_without_output_names_the_exit_status():

@@ -121,6 +121,7 @@ def recorded_files(cfg: Config, root: str) -> int | None:
 
 def record(cfg: Config, root: str) -> None:
     """Record the replica's file count; the caller holds its lock."""
+    os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
     path = _path(cfg, root, "json")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as out:

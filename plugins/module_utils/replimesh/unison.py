@@ -109,9 +109,12 @@ def parse(exit_code: int, output: str) -> Session:
         elif match := _FAILED.search(line):
             session.failed.append(match.group(1))
         elif line.startswith("Fatal error:"):
-            # Unison often puts the reason on the line after "Fatal error: ...:".
-            reason = [line[len("Fatal error:"):].strip(), *lines[number + 1:number + 2]]
-            session.error = " ".join(reason).strip()
+            # Unison often puts the reason on the line after "Fatal error: ...:"; when
+            # the line is whole, what follows is a progress display, not a reason.
+            reason = line[len("Fatal error:"):].strip()
+            if reason.endswith(":") and number + 1 < len(lines):
+                reason = f"{reason} {lines[number + 1].strip()}"
+            session.error = reason
     if exit_code not in (EXIT_OK, EXIT_SKIPPED):
         # The peer's own reason beats Unison's "Lost connection with the server".
         session.error = (refusal or session.error or _last_words(output)

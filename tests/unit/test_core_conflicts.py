@@ -1,0 +1,148 @@
+"""Conflicts settled by policy, both versions kept: the names, the winner, and the three
+steps of settle() against a stand-in for Unison that mirrors two folders."""
+
+import os
+import shutil
+import time
+
+import pytest
+
+from plugins.module_utils.replimesh import config, conflicts
+
+T0 = 1795000000.0  # 2026-11-18T11:06:40Z
+
+
+def test_copy_name_says_which_node_and_when():
+    assert conflicts.copy_name("dir/report.txt", "node2", T0) == \
+        "dir/report.conflict-node2-20261118T110640Z.txt"
+    assert conflicts.copy_name(".profile", "node1", T0) == \
+        ".profile.conflict-node1-20261118T110640Z"
+
+
+@pytest.mark.parametrize("policy, local_mtime, remote_mtime, expected", [
+    ("newer", T0 + 1, T0, "node1"),
+    ("newer", T0, T0 + 1, "node2"),
+    ("newer", T0, T0, "node1"),             # a tie: the same answer on both nodes
+    ("prefer:node2", T0 + 9, T0, "node2"),
+    ("prefer:node1", T0, T0 + 9, "node1"),
+    ("prefer:node3", T0, T0 + 9, "node2"),  # neither side preferred: newer
+])
+def test_winner(policy, local_mtime, remote_mtime, expected):
+    assert conflicts.winner(policy, "node1", "node2", local_mtime, remote_mtime) == expected
+    assert conflicts.winner(policy, "node2", "node1", remote_mtime, local_mtime) == expected
+
+
+class Mirror:
+    """Stands in for Unison sessions between local and remote folders: with -prefer, the
+    remote side wins on every -path that the remote holds or lost; without it, the local
+    side's state of each -path is passed on."""
+
+    def __init__(self, local, remote):
+        self.local, self.remote, self.calls = local, remote, []
+
+    def __call__(self, extra):
+        self.calls.append(extra)
+        paths = [extra[i + 1] for i, arg in enumerate(extra) if arg == "-path"]
+        prefer_remote = "-prefer" in extra
+        for path in paths:
+            here, there = os.path.join(self.local, path), os.path.join(self.remote, path)
+            if prefer_remote and (os.path.exists(there) or (os.path.exists(here)
+                                  and not os.path.basename(path).count(".conflict-"))):
+                self._copy(there, here)
+            else:
+                self._copy(here, there)
+
+    @staticmethod
+    def _copy(source, target):
+        if os.path.exists(target):
+            os.unlink(target)
+        if os.path.exists(source):
+            shutil.copy2(source, target)
+
+
+def setup(tmp_path, local_text, remote_text, policy="newer", local_mtime=T0, remote_mtime=T0):
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    remote.mkdir()
+    for folder, text, mtime in ((local, local_text, local_mtime),
+                                (remote, remote_text, remote_mtime)):
+        if text is not None:
+            (folder / "a.txt").write_text(text)
+            os.utime(folder / "a.txt", (mtime, mtime))
+    cfg = config.parse({"node": "node1", "roots": [str(local)], "conflict_policy": policy})
+    return cfg, Mirror(str(local), str(remote))
+
+
+def contents(folder):
+    return {name: (folder / name).read_text() for name in sorted(os.listdir(folder))}
+
+
+def test_the_newer_peer_version_wins_and_ours_is_kept(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", "theirs", local_mtime=T0, remote_mtime=T0 + 5)
+    settled, = conflicts.settle(cfg, mirror.local, "node2", "ssh://peer", ["a.txt"], mirror)
+    copy = "a.conflict-node1-20261118T110640Z.txt"
+    assert (settled.winner, settled.copy) == ("node2", copy)
+    expected = {"a.txt": "theirs", copy: "ours"}
+    assert contents(tmp_path / "local") == contents(tmp_path / "remote") == expected
+    assert len(mirror.calls) == 1
+
+
+def test_our_newer_version_wins_and_theirs_is_kept_named_for_the_peer(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", "theirs", local_mtime=T0 + 5, remote_mtime=T0)
+    settled, = conflicts.settle(cfg, mirror.local, "node2", "ssh://peer", ["a.txt"], mirror)
+    copy = "a.conflict-node2-20261118T110640Z.txt"
+    assert (settled.winner, settled.copy) == ("node1", copy)
+    expected = {"a.txt": "ours", copy: "theirs"}
+    assert contents(tmp_path / "local") == contents(tmp_path / "remote") == expected
+    assert len(mirror.calls) == 2
+    assert settled.describe() == f"a.txt: node1's version in place, the other kept as {copy}"
+
+
+def test_the_preferred_node_wins_even_when_older(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", "theirs", policy="prefer:node1",
+                        local_mtime=T0, remote_mtime=T0 + 5)
+    settled, = conflicts.settle(cfg, mirror.local, "node2", "ssh://peer", ["a.txt"], mirror)
+    assert settled.winner == "node1"
+    assert contents(tmp_path / "local")["a.txt"] == contents(tmp_path / "remote")["a.txt"] == "ours"
+
+
+def test_an_edit_here_beats_a_deletion_there(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", None)
+    settled, = conflicts.settle(cfg, mirror.local, "node2", "ssh://peer", ["a.txt"], mirror)
+    assert (settled.winner, settled.copy) == ("node1", "")
+    assert contents(tmp_path / "local") == contents(tmp_path / "remote") == {"a.txt": "ours"}
+
+
+def test_an_edit_there_beats_a_deletion_here(tmp_path):
+    cfg, mirror = setup(tmp_path, None, "theirs")
+    settled, = conflicts.settle(cfg, mirror.local, "node2", "ssh://peer", ["a.txt"], mirror)
+    assert (settled.winner, settled.copy) == ("node2", "")
+    assert contents(tmp_path / "local") == contents(tmp_path / "remote") == {"a.txt": "theirs"}
+
+
+def test_the_local_version_is_kept_even_if_unison_replaces_the_file(tmp_path):
+    cfg, _ = setup(tmp_path, "ours", "theirs", local_mtime=T0 + 5)
+    local = tmp_path / "local"
+
+    def replace_by_rename(extra):  # what Unison does: a new file renamed over the old
+        if "-prefer" in extra:
+            (local / ".tmp").write_text("theirs")
+            os.utime(local / ".tmp", (T0, T0))
+            os.replace(local / ".tmp", local / "a.txt")
+    conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"], replace_by_rename)
+    assert contents(local) == {"a.txt": "ours", "a.conflict-node2-20261118T110640Z.txt": "theirs"}
+
+
+def test_a_conflicting_folder_is_kept_whole(tmp_path):
+    cfg, _ = setup(tmp_path, None, None)
+    local = tmp_path / "local"
+    (local / "dir").mkdir()
+    (local / "dir" / "x").write_text("ours")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(os.lstat(local / "dir").st_mtime))
+    seen = []
+
+    def session(extra):  # what the first session would send along
+        if "-prefer" in extra:
+            seen.append((local / f"dir.conflict-node1-{stamp}" / "x").read_text())
+    conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["dir"], session)
+    assert seen == ["ours"]
