@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv lint unit integration molecule test demo lab-down clean
+.PHONY: venv lint unit integration molecule test demo bench lab-down clean
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ test: lint unit integration molecule
 
 demo: venv
 	scripts/demo
+
+# Not part of test: labs of 3, 5 and 8 nodes, about 15 minutes (bench/README.md).
+bench: venv
+	pip install --quiet -r bench/requirements.txt
+	python bench/convergence.py --sizes 3,5,8 --runs 5
 
 lab-down: venv
 	fab lab.down

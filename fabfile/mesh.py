@@ -164,7 +164,8 @@ def propagate(c, inventory="", user="replimesh", peers_file=""):
 
 def render_status(names: list[str], outcomes: dict, now: datetime) -> str:
     """The node x peer table: each cell is the last result of the row node's round with
-    the column peer, and its age; rows that could not be read are explained below it."""
+    the column peer, and its age; below it, rows that could not be read, the reasons of
+    failed sessions, and the conflicts settled (both versions kept)."""
     rows, notes = [["NODE \\ PEER", *names]], []
     for name in names:
         code, output = outcomes[name]
@@ -178,6 +179,11 @@ def render_status(names: list[str], outcomes: dict, now: datetime) -> str:
             continue
         rows.append([name] + ["-" if peer == name else cell(peers.get(peer), now)
                               for peer in names])
+        for peer in sorted(peers):
+            entry = peers[peer] if isinstance(peers[peer], dict) else {}
+            if entry.get("result") == "failed":
+                notes.append(f"{name} with {peer}: failed: {entry.get('message', '')}")
+            notes += [f"{name} with {peer}: conflict {s}" for s in entry.get("settled") or []]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines + notes)

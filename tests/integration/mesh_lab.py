@@ -1,4 +1,5 @@
-"""The lab imesh that the mesh and membership tests share, and how they act on its nodes."""
+"""How tests act on a deployed lab's nodes over real SSH, and the lab imesh that the mesh
+and membership tests share."""
 
 import json
 import os
@@ -8,35 +9,54 @@ import subprocess
 from fabfile.lab import access
 from fabfile.lab.nodes import Lab
 
-MESH = Lab("imesh")
 ROOT = "/srv/replimesh/data"
 
 
-def on(node, command, check=True, stdin=""):
-    """Run a command on a node as root over real SSH, stdin given to it."""
-    done = subprocess.run(["ssh", *access.ssh_options(MESH), f"root@{node.address}", command],
-                          input=stdin, capture_output=True, text=True, timeout=300,
-                          check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{node.name}: {command} failed: {done.stderr or done.stdout}")
-    return done
+class Nodes:
+    """Commands on the nodes of one lab, as root or as the sync user."""
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+
+    def on(self, node, command, check=True, stdin="", timeout=300):
+        """Run a command on a node as root over real SSH, stdin given to it."""
+        done = subprocess.run(["ssh", *access.ssh_options(self.lab), f"root@{node.address}",
+                               command], input=stdin, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{node.name}: {command} failed: {done.stderr or done.stdout}")
+        return done
+
+    def as_sync_user(self, node, command, check=True, stdin="", timeout=300):
+        return self.on(node, f"runuser -u replimesh -- {command}", check=check, stdin=stdin,
+                       timeout=timeout)
+
+    def write(self, node, name, text):
+        path = shlex.quote(f"{ROOT}/{name}")
+        self.on(node, f"printf %s {shlex.quote(text)} > {path} && chown replimesh: {path}")
+
+    def listing(self, node):
+        return sorted(self.on(node, f"ls -A {ROOT}").stdout.split())
+
+    def contents(self, node):
+        """{name: text} of the regular files at the top of the root (backups left out);
+        files of 4 KiB or more are given by their md5."""
+        done = self.on(node, f"cd {ROOT} && for f in *; do [ -f \"$f\" ] || continue; "
+                             "if [ $(stat -c %s \"$f\") -lt 4096 ]; then t=$(cat \"$f\"); "
+                             "else t=md5:$(md5sum < \"$f\"); fi; "
+                             "printf '%s\\0%s\\0' \"$f\" \"$t\"; done; true")
+        fields = done.stdout.split("\0")
+        return dict(zip(fields[0:-1:2], fields[1::2]))
+
+    def sync(self, node, *flags):
+        done = self.as_sync_user(node, " ".join(["replimesh sync --json", *flags]), check=False)
+        return done.returncode, {p["peer"]: p for p in json.loads(done.stdout)["peers"]}
 
 
-def as_sync_user(node, command, check=True, stdin=""):
-    return on(node, f"runuser -u replimesh -- {command}", check=check, stdin=stdin)
-
-
-def write(node, name, text):
-    on(node, f"printf %s {shlex.quote(text)} > {ROOT}/{name} && chown replimesh: {ROOT}/{name}")
-
-
-def listing(node):
-    return sorted(on(node, f"ls -A {ROOT}").stdout.split())
-
-
-def sync(node):
-    done = as_sync_user(node, "replimesh sync --json", check=False)
-    return done.returncode, {p["peer"]: p for p in json.loads(done.stdout)["peers"]}
+MESH = Lab("imesh")
+_MESH = Nodes(MESH)
+on, as_sync_user, write, listing, sync = (_MESH.on, _MESH.as_sync_user, _MESH.write,
+                                          _MESH.listing, _MESH.sync)
 
 
 def peer_list(node):

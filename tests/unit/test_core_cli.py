@@ -104,6 +104,28 @@ def test_status_text_shows_each_recorded_peer(node, capsys):
     assert "1 conflicts  1 conflict(s)  (at T1, last ok T1)" in line
 
 
+def test_status_text_lists_the_conflicts_settled(node, capsys):
+    cfg, path = node
+    state.record(cfg.state_file, "node1", "T1", [
+        {"peer": "node2", "address": "a", "result": "ok", "duration": 0.5, "files": 2,
+         "bytes": 9, "conflicts": 1, "message": "",
+         "settled": ["a.txt: node2's version in place, the other kept as a.c.txt"]}])
+    assert cli.main(["--config", path, "status"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == \
+        "  conflict a.txt: node2's version in place, the other kept as a.c.txt"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], {"second_pass": True, "allow_deletions": False}),
+    (["--one-pass", "--allow-deletions"], {"second_pass": False, "allow_deletions": True}),
+])
+def test_sync_flags_reach_the_round(node, monkeypatch, capsys, flags, expected):
+    seen = {}
+    monkeypatch.setattr(cli, "run_round", lambda cfg, **kwargs: seen.update(kwargs) or [])
+    assert cli.main(["--config", node[1], "sync", *flags]) == 0
+    assert {k: seen[k] for k in expected} == expected
+
+
 def test_status_text_names_what_a_session_learned(node, capsys):
     cfg, path = node
     state.record(cfg.state_file, "node1", "T1", [

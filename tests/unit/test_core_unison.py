@@ -70,6 +70,47 @@ def test_a_progress_display_after_a_whole_fatal_line_is_left_out():
     assert unison.parse(3, output).error == "Lost connection with the server"
 
 
+SKEW = """\
+Unison 2.52.1 (ocaml 4.13.1): Contacting server...
+Fatal error: Received unexpected header from the server:
+ expected "Unison 2.52 with OCaml >= 4.01.2\\n" but received "Unison 2.48\\n\\000\\000",
+which differs at "Unison 2.4".
+"""
+
+
+def test_version_skew_says_what_to_do():
+    error = unison.parse(3, SKEW).error
+    assert error.startswith("this node and the peer run Unison releases that cannot sync "
+                            "together: install the same release on both")
+    assert error.endswith('Received unexpected header from the server: expected "Unison 2.52 '
+                          'with OCaml >= 4.01.2\\n" but received "Unison 2.48\\n\\000\\000",')
+
+
+EMPTIED = """\
+Reconciling changes
+The root of one of the replicas has been completely emptied.
+Unison may delete everything in the other replica.  (Set the
+'confirmbigdel' preference to false to disable this check.)
+
+Aborting...
+"""
+
+
+def test_unisons_own_guard_is_a_failure_even_with_exit_one():
+    session = unison.parse(1, EMPTIED)
+    assert session.exit_code == unison.EXIT_FATAL
+    assert session.error == ("Unison stopped the session: The root of one of the replicas has "
+                             "been completely emptied. (a replica looks emptied; if that is "
+                             "meant, sync with --allow-deletions)")
+
+
+def test_resolved_conflicts_and_new_folders_count_as_incoming():
+    lines = ("new file <==== new file   a.txt  \n"
+             "new dir  <---- absent     d  \n"
+             "new file ====> new file   b.txt  \n")
+    assert unison.parse(0, lines).incoming == 2
+
+
 def test_failure_without_output_names_the_exit_status():
     assert unison.parse(3, "").error == "unison exited with status 3"
 

@@ -56,6 +56,19 @@ def test_status_table_has_a_row_per_node_and_dashes_on_the_diagonal():
     ]
 
 
+def test_failures_and_settled_conflicts_are_told_below_the_table():
+    outcomes = {"node1": (0, status_json(
+        node2={"result": "ok", "at": ago(seconds=5), "conflicts": 1,
+               "settled": ["a.txt: node2's version in place, the other kept as a.c.txt"]},
+        node3={"result": "failed", "at": ago(seconds=5), "message": "/d: the peer refused"})),
+        "node2": (0, status_json()), "node3": (0, status_json())}
+    lines = mesh.render_status(["node1", "node2", "node3"], outcomes, NOW).splitlines()
+    assert lines[1].split() == ["node1", "-", "ok!1c", "5s", "failed", "5s"]
+    assert lines[4:] == [
+        "node1 with node2: conflict a.txt: node2's version in place, the other kept as a.c.txt",
+        "node1 with node3: failed: /d: the peer refused"]
+
+
 def test_columns_are_aligned():
     outcomes = {"node1": (0, status_json(node2={"result": "ok", "at": ago(seconds=1)})),
                 "node2": (0, status_json())}

@@ -61,8 +61,10 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
     """
     peers = membership.load(cfg)
     _refuse_if_removed(cfg, peers)
+    extra: tuple[str, ...] = ()
     if allow_deletions:
         accept_deletions(cfg)
+        extra = ("-confirmbigdel=false",)  # Unison's own guard would stop an emptied root
     results: list[PeerResult] = []
     incoming: dict[str, list[int]] = {}  # root -> changes in from each peer, in order
     while True:
@@ -72,7 +74,7 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
         if not pending:
             break
         came_in: dict[str, int] = {}
-        result = sync_peer(cfg, pending[0], exchange, incoming=came_in)
+        result = sync_peer(cfg, pending[0], exchange, incoming=came_in, extra=extra)
         for root in cfg.roots:
             incoming.setdefault(root, []).append(came_in.get(root, 0))
         results.append(result)
@@ -85,7 +87,8 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
             entry = peers.get(result.peer)
             if entry is None or not entry.active:
                 continue
-            again = sync_peer(cfg, entry, exchange=False, roots=roots, address=result.address)
+            again = sync_peer(cfg, entry, exchange=False, roots=roots, address=result.address,
+                              extra=extra)
             merge(result, again)
             if progress:
                 again.message = "; ".join(m for m in ("second pass", again.message) if m)
@@ -135,9 +138,10 @@ def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
 
 def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
               roots: list[str] | None = None, address: str | None = None,
-              incoming: dict[str, int] | None = None) -> PeerResult:
+              incoming: dict[str, int] | None = None,
+              extra: tuple[str, ...] = ()) -> PeerResult:
     """Sync the roots (all by default) with one peer; note in incoming[root] how many
-    changes came in from it."""
+    changes came in from it. extra: more Unison arguments for every session."""
     started = time.monotonic()
     roots = list(cfg.roots) if roots is None else roots
     if not any(os.path.isdir(root) for root in roots):
@@ -168,7 +172,7 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
         except ConfigError as error:
             problems.append(str(error))
     for root in roots:
-        outcome = sync_root(cfg, peer.name, address, root)
+        outcome = sync_root(cfg, peer.name, address, root, extra)
         session = outcome.failure or outcome.session
         if incoming is not None:
             incoming[root] = outcome.incoming
@@ -207,7 +211,8 @@ class RootOutcome:
     settled: list[conflicts.Settled] = field(default_factory=list)
 
 
-def sync_root(cfg: Config, peer: str, address: str, root: str) -> RootOutcome:
+def sync_root(cfg: Config, peer: str, address: str, root: str,
+              extra: tuple[str, ...] = ()) -> RootOutcome:
     """One root with one peer, holding the local replica's lock; while the peer's replica
     is busy, let go of ours (so that two rounds never wait on each other) and try again
     after a random pause, for at most cfg.lock_wait seconds in all."""
@@ -217,7 +222,7 @@ def sync_root(cfg: Config, peer: str, address: str, root: str) -> RootOutcome:
         try:
             with replica.held(cfg, root, f"round of {cfg.node} with {peer}",
                               max(0.0, deadline - time.monotonic())):
-                outcome = _sync_root_locked(cfg, peer, address, root)
+                outcome = _sync_root_locked(cfg, peer, address, root, extra)
         except replica.Busy as busy:
             return RootOutcome(unison.Session(unison.EXIT_FATAL, error=str(busy)))
         if not outcome.session.busy:
@@ -230,15 +235,16 @@ def sync_root(cfg: Config, peer: str, address: str, root: str) -> RootOutcome:
         pause = min(pause * 2, 8.0)
 
 
-def _sync_root_locked(cfg: Config, peer: str, address: str, root: str) -> RootOutcome:
+def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
+                      extra: tuple[str, ...]) -> RootOutcome:
     refusal = replica.check(cfg, root)
     if refusal:  # never sync a root that looks wiped or unmounted
         return RootOutcome(unison.Session(unison.EXIT_FATAL, error=refusal))
     replica.prune_backups(cfg, root)
     outcome = RootOutcome(unison.Session(unison.EXIT_OK))
 
-    def session(extra: tuple[str, ...] = ()) -> unison.Session:
-        done = unison.run(cfg, root, address, extra)
+    def session(more: tuple[str, ...] = ()) -> unison.Session:
+        done = unison.run(cfg, root, address, (*extra, *more))
         outcome.sessions += 1
         outcome.files += len(done.transferred)
         outcome.bytes += transferred_bytes(root, done.transferred)

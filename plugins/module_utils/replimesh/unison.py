@@ -26,6 +26,8 @@ REPLICA_SERVER = "replimesh-replica"
 # What `replimesh serve` prints on the peer when it turns a session down.
 BUSY = "replimesh: busy: "
 REFUSED = "replimesh: refused: "
+# What Unison says when the two sides run releases that cannot talk to each other.
+VERSION_SKEW = "unexpected header"
 
 # Unison may put a progress display ("100%  00:00 ETA") before a line: search, not match.
 _TRANSFER = re.compile(r"\[END\] (?:Copying|Updating file|Deleting) (.+?)\s*$")
@@ -33,7 +35,9 @@ _SKIPPED = re.compile(r"(?:^|\s)skipped: (.+?)(?: \([^()]*\))?\s*$")
 _FAILED = re.compile(r"(?:^|\s)failed: (.+?)\s*$")
 # A reconciliation line whose arrow points at the local replica (the first root):
 # "         <---- new file   b.txt", "changed  <==== changed    c.txt" (forced by -prefer).
-_INCOMING = re.compile(r"^\S*\s+<(?:----|====|-M->)\s")
+_INCOMING = re.compile(r"^[a-z ]*<(?:----|====|-M->)\s")
+# Unison's own guard (confirmbigdel): in batch mode it stops the whole session.
+_EMPTIED = "completely emptied"
 
 
 @dataclass
@@ -91,6 +95,8 @@ def environment(cfg: Config) -> dict[str, str]:
 
 
 def parse(exit_code: int, output: str) -> Session:
+    if _EMPTIED in output:
+        exit_code = EXIT_FATAL  # Unison aborts the session, yet may exit with 1
     session = Session(exit_code)
     lines = output.replace("\r", "\n").splitlines()
     refusal = ""
@@ -102,6 +108,9 @@ def parse(exit_code: int, output: str) -> Session:
             refusal = "the peer " + line[len("replimesh: "):]
         if _INCOMING.search(line):
             session.incoming += 1
+        if _EMPTIED in line and not session.error:
+            session.error = ("Unison stopped the session: " + line.strip() + " (a replica "
+                             "looks emptied; if that is meant, sync with --allow-deletions)")
         if match := _TRANSFER.search(line):
             session.transferred.append(match.group(1))
         elif match := _SKIPPED.search(line):
@@ -119,6 +128,10 @@ def parse(exit_code: int, output: str) -> Session:
         # The peer's own reason beats Unison's "Lost connection with the server".
         session.error = (refusal or session.error or _last_words(output)
                          or f"unison exited with status {exit_code}")
+        if VERSION_SKEW in session.error:
+            session.error = ("this node and the peer run Unison releases that cannot sync "
+                             "together: install the same release on both (playbooks/site.yml "
+                             f"checks the whole mesh); Unison said: {session.error}")
     return session
 
 
