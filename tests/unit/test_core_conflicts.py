@@ -77,25 +77,21 @@ def contents(folder):
     return {name: (folder / name).read_text() for name in sorted(os.listdir(folder))}
 
 
-def test_the_newer_peer_version_wins_and_ours_is_kept(tmp_path):
-    cfg, mirror = setup(tmp_path, "ours", "theirs", local_mtime=T0, remote_mtime=T0 + 5)
+@pytest.mark.parametrize("ours_newer, winner, loser, in_place, kept, sessions", [
+    (False, "node2", "node1", "theirs", "ours", 1),   # the peer's copy taken in place
+    (True, "node1", "node2", "ours", "theirs", 2),    # names swapped, then passed on
+])
+def test_the_newer_version_wins_and_the_other_is_kept_named_for_its_node(
+        tmp_path, ours_newer, winner, loser, in_place, kept, sessions):
+    cfg, mirror = setup(tmp_path, "ours", "theirs", local_mtime=T0 + 5 * ours_newer,
+                        remote_mtime=T0 + 5 * (not ours_newer))
     settled, = conflicts.settle(cfg, mirror.local, "node2", "ssh://peer", ["a.txt"], mirror)
-    copy = "a.conflict-node1-20261118T110640Z.txt"
-    assert (settled.winner, settled.copy) == ("node2", copy)
-    expected = {"a.txt": "theirs", copy: "ours"}
+    copy = f"a.conflict-{loser}-20261118T110640Z.txt"
+    assert (settled.winner, settled.copy) == (winner, copy)
+    expected = {"a.txt": in_place, copy: kept}
     assert contents(tmp_path / "local") == contents(tmp_path / "remote") == expected
-    assert len(mirror.calls) == 1
-
-
-def test_our_newer_version_wins_and_theirs_is_kept_named_for_the_peer(tmp_path):
-    cfg, mirror = setup(tmp_path, "ours", "theirs", local_mtime=T0 + 5, remote_mtime=T0)
-    settled, = conflicts.settle(cfg, mirror.local, "node2", "ssh://peer", ["a.txt"], mirror)
-    copy = "a.conflict-node2-20261118T110640Z.txt"
-    assert (settled.winner, settled.copy) == ("node1", copy)
-    expected = {"a.txt": "ours", copy: "theirs"}
-    assert contents(tmp_path / "local") == contents(tmp_path / "remote") == expected
-    assert len(mirror.calls) == 2
-    assert settled.describe() == f"a.txt: node1's version in place, the other kept as {copy}"
+    assert len(mirror.calls) == sessions
+    assert settled.describe() == f"a.txt: {winner}'s version in place, the other kept as {copy}"
 
 
 def test_the_preferred_node_wins_even_when_older(tmp_path):
