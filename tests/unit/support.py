@@ -154,8 +154,8 @@ def script(folder, name, body):
 
 
 # What the modules import as ansible.module_utils.replimesh.*: the core itself.
-SUBMODULES = ("config", "controller", "errors", "journal", "membership", "peers", "round",
-              "serve", "signature", "state", "unison")
+SUBMODULES = ("config", "conflicts", "controller", "errors", "journal", "membership", "peers",
+              "replica", "round", "serve", "signature", "state", "unison")
 
 
 def load_module(monkeypatch, name):

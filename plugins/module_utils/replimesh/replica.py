@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Iterator
 
+from . import state
 from .config import Config
 from .errors import ReplimeshError
 
@@ -122,11 +123,8 @@ def recorded_files(cfg: Config, root: str) -> int | None:
 def record(cfg: Config, root: str) -> None:
     """Record the replica's file count; the caller holds its lock."""
     os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
-    path = _path(cfg, root, "json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump({"root": root, "files": count_files(root), "at": int(time.time())}, out)
-    os.replace(tmp, path)
+    state.write_json(_path(cfg, root, "json"),
+                     {"root": root, "files": count_files(root), "at": int(time.time())})
 
 
 def check(cfg: Config, root: str) -> str:
