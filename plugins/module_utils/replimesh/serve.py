@@ -34,8 +34,9 @@ class Refused(Exception):
 
 
 def check(cfg: Config, peer: str, original_command: str | None) -> list[str]:
-    """The argv to exec for this request ([EXCHANGE] for the peer-list exchange, done
-    in this process), or Refused saying why not."""
+    """What to run for this request: [unison, ROOT, -server, flags...] for a Unison
+    session on the replica ROOT (run as `unison -server flags...` under ROOT's lock), or
+    [EXCHANGE] for the peer-list exchange (done in this process); Refused saying why not."""
     known = membership.load(cfg)
     if peer == cfg.node or peer not in known or not known[peer].active:
         raise Refused(f"{peer} is not an active peer of {cfg.node}")
