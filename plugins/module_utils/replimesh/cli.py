@@ -7,7 +7,7 @@ import json
 import sys
 
 from . import config as node_config
-from . import membership, state
+from . import membership, state, swarm_cli
 from . import peers as peer_list
 from .errors import ReplimeshError
 from .round import exit_code, now, run_round
@@ -133,4 +133,5 @@ def _parser() -> argparse.ArgumentParser:
         "accept", help="take in the operator-signed entries of a peer list and apply it")
     peers_accept.add_argument("file", help="the list as JSON, or - for standard input")
     peers_accept.set_defaults(handler=_peers_accept)
+    swarm_cli.add_parser(verbs)
     return parser

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import conflicts, membership, replica, state, unison
+from . import conflicts, membership, replica, state, swarm_mesh, unison
 from . import peers as peer_list
 from .config import Config
 from .errors import ConfigError, ReplimeshError
@@ -171,6 +171,10 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
                 return result
         except ConfigError as error:
             problems.append(str(error))
+        try:
+            swarm_mesh.share(cfg, address)
+        except ConfigError as error:
+            problems.append(f"swarm offers not passed on: {error}")
     for root in roots:
         outcome = sync_root(cfg, peer.name, address, root, extra)
         session = outcome.failure or outcome.session

@@ -2,7 +2,8 @@
 
 sshd runs it instead of whatever the peer asked for, which arrives in
 SSH_ORIGINAL_COMMAND. Only replimesh's own verbs pass: the Unison server for one of
-this node's replicas (run under that replica's lock), and the peer-list exchange.
+this node's replicas (run under that replica's lock), the peer-list exchange, and
+the swarm offers.
 Anything else (a shell, scp, another program) is refused with a logged one-line reason
 and a non-zero exit.
 """
@@ -14,7 +15,7 @@ import shlex
 import subprocess
 import sys
 
-from . import journal, membership, replica, unison
+from . import journal, membership, replica, swarm_mesh, unison
 from .config import Config
 from .errors import ConfigError
 
@@ -36,7 +37,8 @@ class Refused(Exception):
 def check(cfg: Config, peer: str, original_command: str | None) -> list[str]:
     """What to run for this request: [unison, ROOT, -server, flags...] for a Unison
     session on the replica ROOT (run as `unison -server flags...` under ROOT's lock), or
-    [EXCHANGE] for the peer-list exchange (done in this process); Refused saying why not."""
+    [EXCHANGE] for the peer-list exchange, or [a swarm_mesh verb] (both done in this
+    process); Refused saying why not."""
     known = membership.load(cfg)
     if peer == cfg.node or peer not in known or not known[peer].active:
         raise Refused(f"{peer} is not an active peer of {cfg.node}")
@@ -58,6 +60,8 @@ def check(cfg: Config, peer: str, original_command: str | None) -> list[str]:
                       "replimesh; deploy it with playbooks/site.yml")
     if argv == membership.EXCHANGE.split():
         return [membership.EXCHANGE]
+    if " ".join(argv) in swarm_mesh.VERBS:
+        return [" ".join(argv)]
     raise Refused(f"command not allowed: {original_command[:200]!r}")
 
 
@@ -72,6 +76,8 @@ def serve(cfg: Config, peer: str) -> int:
         return 1
     if argv == [membership.EXCHANGE]:
         return _exchange(cfg, peer)
+    if argv[0] in swarm_mesh.VERBS:
+        return _swarm(cfg, peer, argv[0])
     return _unison_server(cfg, peer, argv[1], [argv[0], *argv[2:]])
 
 
@@ -109,5 +115,19 @@ def _exchange(cfg: Config, peer: str) -> int:
         print(f"replimesh: {error}", file=sys.stderr)
         return 1
     journal.append(cfg, LOG, f"accepted {peer}: peer list exchange")
+    sys.stdout.write(answer)
+    return 0
+
+
+def _swarm(cfg: Config, peer: str, verb: str) -> int:
+    try:
+        if verb == swarm_mesh.HAVE:
+            answer = swarm_mesh.answer_have(cfg)
+        else:
+            answer = swarm_mesh.answer_offer(cfg, peer, sys.stdin.read())
+    except ConfigError as error:
+        journal.append(cfg, LOG, f"{verb} from {peer} refused: {error}")
+        print(f"replimesh: {error}", file=sys.stderr)
+        return 1
     sys.stdout.write(answer)
     return 0

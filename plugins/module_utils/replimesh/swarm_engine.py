@@ -1,0 +1,142 @@
+"""What swarm mode asks of libtorrent: manifests, the session's settings, who may connect.
+
+libtorrent (Debian's python3-libtorrent on nodes, installed by the replimesh_swarm role)
+does the BitTorrent part: pieces, SHA-256 checks (v2 torrents), choking, resume data.
+replimesh keeps it private: no tracker, DHT, local discovery or port mapping; peers are
+dialled by hand from the mesh's active peer list, and an IP filter turns away every
+other address. With the mesh CA deployed, torrents are also SSL torrents, so a peer must
+hold a certificate from that CA.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timezone
+
+from .config import Config
+from .errors import ConfigError
+from .swarm_offers import Offer, piece_size, relative_path
+
+INSTALL_HINT = ("python3-libtorrent is not installed on this node: deploy it with "
+                "playbooks/site.yml (role replimesh_swarm)")
+
+
+def lt():
+    """The libtorrent module, or ConfigError saying how to get it."""
+    try:
+        import libtorrent
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return libtorrent
+
+
+def make_offer(cfg: Config, path: str, now: datetime | None = None) -> Offer:
+    """Hash the file at path (under the swarm root) into a private v2 torrent."""
+    lib = lt()
+    rel = relative_path(cfg, path)
+    full = os.path.join(cfg.swarm_root, rel)
+    size = os.path.getsize(full)
+    files = lib.file_storage()
+    lib.add_files(files, full)
+    creator = lib.create_torrent(files, piece_size(size), lib.create_torrent.v2_only)
+    creator.set_priv(True)
+    creator.set_creator("replimesh")
+    if cfg.swarm_ca:
+        creator.set_root_cert(_read(cfg.swarm_ca))
+    lib.set_piece_hashes(creator, os.path.dirname(full))
+    torrent = lib.bencode(creator.generate())
+    info = lib.torrent_info(torrent)
+    stamp = (now or datetime.now(timezone.utc)).isoformat(timespec="microseconds")
+    return Offer(path=rel, infohash=str(info.info_hashes().v2), torrent=torrent,
+                 publisher=cfg.node, published=stamp, size=size)
+
+
+def check(offer: Offer, source: str):
+    """The offer's torrent_info, once its manifest is shown to match what the offer says."""
+    lib = lt()
+    try:
+        info = lib.torrent_info(offer.torrent)
+    except RuntimeError as error:
+        raise ConfigError(f"offer from {source}: the manifest does not parse: {error}") from None
+    problem = None
+    if str(info.info_hashes().v2) != offer.infohash:
+        problem = "its info-hash is not the one named"
+    elif info.num_files() != 1 or info.name() != os.path.basename(offer.path):
+        problem = f"it must hold the one file {os.path.basename(offer.path)}"
+    elif info.total_size() != offer.size:
+        problem = "its size is not the one named"
+    elif not info.priv():
+        problem = "it is not a private torrent"
+    if problem:
+        raise ConfigError(f"offer of {offer.path} from {source}: {problem}")
+    return info
+
+
+def session_settings(cfg: Config) -> dict:
+    lib = lt()
+    port = f"0.0.0.0:{cfg.swarm_port}" + ("s" if cfg.swarm_ca else "")
+    return {
+        "listen_interfaces": port,
+        "user_agent": "replimesh",
+        "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
+        "enable_natpmp": False,
+        # uTP is slow on fast local links (~10 MB/s measured); peers are TCP only.
+        "enable_outgoing_utp": False, "enable_incoming_utp": False,
+        # Peers are dialled by the daemon every few seconds: libtorrent's own retry
+        # (60 s, then giving up after 3 failures) would leave a restarted node idle.
+        "min_reconnect_time": 2, "max_failcount": 1000,
+        "allow_multiple_connections_per_ip": True,
+        "alert_mask": (lib.alert.category_t.error_notification
+                       | lib.alert.category_t.status_notification
+                       | lib.alert.category_t.storage_notification),
+    }
+
+
+def addresses(hosts: list[str]) -> set[str]:
+    """The IP addresses of hosts (literal addresses or names), as the filter needs."""
+    found: set[str] = set()
+    for host in hosts:
+        try:
+            for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
+                found.add(str(info[4][0]))
+        except OSError:
+            continue  # a name that does not resolve now is tried at the next refresh
+    return found
+
+
+def ip_filter(allowed: set[str]):
+    """Block every address but the active peers' (incoming and outgoing)."""
+    lib = lt()
+    rules = lib.ip_filter()
+    rules.add_rule("0.0.0.0", "255.255.255.255", 1)
+    rules.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1)
+    for address in allowed:
+        rules.add_rule(address, address, 0)
+    return rules
+
+
+def add_params(info, save_path: str, seed: bool, resume: bytes | None = None):
+    """Parameters to add a torrent that is always active (never queued), filtered, and
+    either trusted as complete (seed: the publisher, or a file finished here and
+    unchanged since) or checked against what is on disk."""
+    lib = lt()
+    params = lib.read_resume_data(resume) if resume else lib.add_torrent_params()
+    params.ti = info
+    params.save_path = save_path
+    flags = params.flags
+    flags &= ~lib.torrent_flags.auto_managed
+    flags &= ~lib.torrent_flags.paused
+    flags |= lib.torrent_flags.apply_ip_filter
+    if seed:
+        flags |= lib.torrent_flags.seed_mode
+    params.flags = flags
+    return params
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}: {INSTALL_HINT}") from None

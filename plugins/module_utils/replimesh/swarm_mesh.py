@@ -1,0 +1,111 @@
+"""Swarm offers over the SSH mesh: `replimesh swarm publish`, and passing offers on.
+
+Publishing hashes the file into an offer, keeps it (the local daemon then seeds the
+file) and sends it to every active peer over SSH, to that peer's `replimesh serve`
+(the verb `replimesh-swarm offer`). No controller is involved. A peer that was down
+gets the offer at a later sync round of any node that holds it: the round asks each
+peer which offers it holds (`replimesh-swarm have`) and sends the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+from . import journal, membership, swarm_engine, swarm_offers
+from .config import Config
+from .errors import ConfigError
+from .swarm_daemon import write_done
+from .swarm_offers import Offer
+
+OFFER = "replimesh-swarm offer"
+HAVE = "replimesh-swarm have"
+VERBS = (OFFER, HAVE)
+
+
+@dataclass
+class Sent:
+    peer: str
+    address: str
+    result: str     # offered | held | unreachable | failed
+    message: str = ""
+
+
+def publish(cfg: Config, path: str, progress=None) -> tuple[Offer, list[Sent]]:
+    """Hash path into an offer, keep it, and offer it to every active peer."""
+    rel = swarm_offers.relative_path(cfg, path)
+    if not os.access(os.path.join(cfg.swarm_root, rel), os.R_OK):
+        raise ConfigError(f"{path} is not readable by {cfg.user}, who seeds it: "
+                          f"chown {cfg.user} it")
+    offer = swarm_engine.make_offer(cfg, rel)
+    swarm_offers.store(cfg, offer)
+    write_done(cfg, offer)
+    journal.append(cfg, "swarm.log", f"published {offer.path} as {offer.infohash}")
+    sent = []
+    for name, entry in sorted(_active_peers(cfg).items()):
+        result = _offer_to(cfg, name, entry.addresses, offer)
+        sent.append(result)
+        if progress:
+            progress(result)
+    return offer, sent
+
+
+def share(cfg: Config, address: str) -> int:
+    """Send the peer at address the current offers it lacks (a round's step); the
+    number sent. ConfigError when the peer could not be asked."""
+    offers = swarm_offers.current(swarm_offers.load_all(cfg))
+    if not offers:
+        return 0
+    held = set(_ssh(cfg, address, HAVE, "").split())
+    missing = [o for o in offers.values() if o.infohash not in held]
+    for offer in missing:
+        _ssh(cfg, address, OFFER, offer.to_json())
+    return len(missing)
+
+
+def answer_offer(cfg: Config, peer: str, text: str) -> str:
+    """The serving side: check the offer from peer and keep it."""
+    offer = swarm_offers.parse(text, peer)
+    swarm_engine.check(offer, peer)
+    taken = swarm_offers.store(cfg, offer)
+    journal.append(cfg, "swarm.log", f"{'took' if taken else 'already held'} offer of "
+                                     f"{offer.path} ({offer.infohash[:16]}) from {peer}")
+    return "offered\n" if taken else "held\n"
+
+
+def answer_have(cfg: Config) -> str:
+    return "".join(f"{h}\n" for h in sorted(swarm_offers.load_all(cfg)))
+
+
+def _active_peers(cfg: Config):
+    peers = membership.load(cfg)
+    return {n: e for n, e in peers.items() if n != cfg.node and e.active}
+
+
+def _offer_to(cfg: Config, name: str, addresses: tuple[str, ...], offer: Offer) -> Sent:
+    why = ""
+    for address in addresses:
+        try:
+            answer = _ssh(cfg, address, OFFER, offer.to_json()).strip()
+            return Sent(name, address, answer or "offered")
+        except ConfigError as error:
+            why = str(error)
+    unreachable = "timed out" in why or "Connection" in why or "No route" in why
+    return Sent(name, addresses[0] if addresses else "-",
+                "unreachable" if unreachable else "failed",
+                why + ("; it gets the offer at a later sync round" if unreachable else ""))
+
+
+def _ssh(cfg: Config, address: str, verb: str, sent: str) -> str:
+    argv = [cfg.ssh, "-o", f"ConnectTimeout={cfg.connect_timeout}", "-o", "BatchMode=yes",
+            "-p", str(cfg.ssh_port), f"{cfg.user}@{address}", verb]
+    try:
+        done = subprocess.run(argv, input=sent, capture_output=True, text=True, check=False,
+                              timeout=cfg.connect_timeout + 60)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{verb} to {address} timed out") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise ConfigError(f"{verb} to {address}: {why}")
+    return done.stdout

@@ -1,0 +1,164 @@
+"""Swarm offers: a published file's manifest and where it goes, as stored on every node.
+
+An offer is a small JSON document: the file's path relative to the swarm root, the
+.torrent (the manifest: piece size and the SHA-256 of every piece), who published it
+and when. It travels over the SSH mesh; the swarm daemon of each node downloads what
+its offers describe. For one path, the latest offer wins (a newer version of the file).
+Pure logic and files; libtorrent is only in swarm_engine.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from .config import Config
+from .errors import ConfigError
+from .state import write_json
+
+MAX_OFFER_BYTES = 16 << 20   # a 500 GB file in 16 MiB pieces has a ~1 MB manifest
+STAGING = ".replimesh-swarm"  # under the swarm root: same filesystem, so the final move
+                              # into place is an atomic rename
+_INFOHASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Offer:
+    path: str         # relative to the swarm root, e.g. "models/big.bin"
+    infohash: str     # the torrent's v2 info-hash (SHA-256, hex): the offer's identity
+    torrent: bytes    # the bencoded .torrent
+    publisher: str    # the node that published it
+    published: str    # UTC, ISO 8601 with microseconds: orders versions of a path
+    size: int
+
+    def to_json(self) -> str:
+        return json.dumps({"path": self.path, "infohash": self.infohash,
+                           "torrent": base64.b64encode(self.torrent).decode(),
+                           "publisher": self.publisher, "published": self.published,
+                           "size": self.size}, sort_keys=True)
+
+    def newer_than(self, other: Offer) -> bool:
+        return (self.published, self.infohash) > (other.published, other.infohash)
+
+
+def piece_size(size: int) -> int:
+    """A power of two from 256 KiB to 16 MiB that cuts the file into at most ~2000
+    pieces: small enough pieces for many peers to share early, few enough to keep the
+    manifest small (32 bytes a piece) and the per-piece overhead low."""
+    piece = 256 << 10
+    while piece < 16 << 20 and size > piece * 2048:
+        piece *= 2
+    return piece
+
+
+def relative_path(cfg: Config, path: str) -> str:
+    """path (absolute, or relative to the swarm root) as a clean path under the swarm
+    root; ConfigError saying why when it is not a publishable regular file there."""
+    root = os.path.realpath(cfg.swarm_root)
+    full = os.path.realpath(path if os.path.isabs(path) else os.path.join(root, path))
+    if os.path.commonpath([root, full]) != root or full == root:
+        raise ConfigError(f"{path} is not under the swarm root {cfg.swarm_root}: move it "
+                          "there first (it lands at the same relative path on every node)")
+    rel = os.path.relpath(full, root)
+    check_relative(rel, path)
+    if not os.path.isfile(full):
+        raise ConfigError(f"{full} is not a regular file")
+    return rel
+
+
+def check_relative(rel: str, origin: str) -> None:
+    parts = rel.split("/")
+    if (not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts)
+            or parts[0] == STAGING or "\0" in rel):
+        raise ConfigError(f"{origin}: {rel!r} is not a clean path under the swarm root")
+
+
+def destination(cfg: Config, offer: Offer) -> str:
+    return os.path.join(cfg.swarm_root, offer.path)
+
+
+def staging_dir(cfg: Config, offer: Offer) -> str:
+    """Where the file is assembled until every piece is in and verified."""
+    return os.path.join(cfg.swarm_root, STAGING, offer.infohash[:32])
+
+
+def parse(text: str, source: str) -> Offer:
+    """An offer received from a peer; ConfigError naming the source and the fault."""
+    if len(text) > MAX_OFFER_BYTES * 2:
+        raise ConfigError(f"offer from {source} is larger than {MAX_OFFER_BYTES} bytes")
+    try:
+        data = json.loads(text)
+        offer = Offer(path=data["path"], infohash=data["infohash"],
+                      torrent=base64.b64decode(data["torrent"], validate=True),
+                      publisher=data["publisher"], published=data["published"],
+                      size=data["size"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as error:
+        raise ConfigError(f"offer from {source} is malformed: {error}") from None
+    if not all(isinstance(v, str) for v in (offer.path, offer.publisher, offer.published)):
+        raise ConfigError(f"offer from {source}: path, publisher, published must be strings")
+    if not isinstance(offer.size, int) or isinstance(offer.size, bool) or offer.size < 0:
+        raise ConfigError(f"offer from {source}: size must be a whole number of bytes")
+    if not _INFOHASH.match(offer.infohash):
+        raise ConfigError(f"offer from {source}: infohash must be 64 hex digits")
+    check_relative(offer.path, f"offer from {source}")
+    return offer
+
+
+# --- the offers a node holds: one JSON file per offer in <swarm_dir>/offers ---
+
+def _offers_dir(cfg: Config) -> str:
+    return os.path.join(cfg.swarm_dir, "offers")
+
+
+def store(cfg: Config, offer: Offer) -> bool:
+    """Keep the offer unless it is already held or an offer for the same path is newer;
+    True when it was taken."""
+    held = load_all(cfg)
+    if offer.infohash in held:
+        return False
+    if any(o.path == offer.path and o.newer_than(offer) for o in held.values()):
+        return False
+    os.makedirs(_offers_dir(cfg), mode=0o750, exist_ok=True)
+    write_json(os.path.join(_offers_dir(cfg), offer.infohash + ".json"),
+               json.loads(offer.to_json()))
+    return True
+
+
+def remove(cfg: Config, infohash: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(_offers_dir(cfg), infohash + ".json"))
+
+
+def load_all(cfg: Config) -> dict[str, Offer]:
+    """Every offer held, by infohash; an unreadable file is skipped (the next offer of
+    that file from any peer restores it)."""
+    offers: dict[str, Offer] = {}
+    try:
+        names = sorted(os.listdir(_offers_dir(cfg)))
+    except FileNotFoundError:
+        return offers
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(_offers_dir(cfg), name), encoding="utf-8") as handle:
+                offer = parse(handle.read(), name)
+        except (OSError, ConfigError):
+            continue
+        offers[offer.infohash] = offer
+    return offers
+
+
+def current(offers: dict[str, Offer]) -> dict[str, Offer]:
+    """The latest offer of each path, by path."""
+    latest: dict[str, Offer] = {}
+    for offer in offers.values():
+        if offer.path not in latest or offer.newer_than(latest[offer.path]):
+            latest[offer.path] = offer
+    return latest
+
