@@ -1,6 +1,7 @@
 """The integration tests' labs, each up for the session and down after: itest (3 bare
-nodes) and imesh (4 nodes deployed with site.yml, shared by the mesh and membership
-tests, which run in that order)."""
+nodes), imesh (4 nodes deployed with site.yml, shared by the mesh and membership
+tests, which run in that order) and iswarm (4 deployed nodes for swarm mode, with no
+cron rounds: offers travel by publish and by the rounds the tests run)."""
 
 import pytest
 
@@ -8,7 +9,7 @@ from fabfile.lab import control
 from fabfile.lab.nodes import Lab
 
 from .helpers import playbook, running_nodes
-from .mesh_lab import MESH
+from .mesh_lab import MESH, SWARM, Nodes
 
 ITEST = Lab("itest")
 
@@ -31,3 +32,14 @@ def mesh():
     first = playbook(MESH, "site.yml")
     yield {"first_run": first}
     control.down(MESH)
+
+
+@pytest.fixture(scope="session")
+def swarm_lab():
+    control.up(SWARM, 4)
+    playbook(SWARM, "site.yml", "-e", "replimesh_connect_timeout=3")
+    nodes = Nodes(SWARM)
+    for node in running_nodes(SWARM):
+        nodes.on(node, "rm -f /etc/cron.d/replimesh")
+    yield SWARM
+    control.down(SWARM)

@@ -54,6 +54,7 @@ class Nodes:
 
 
 MESH = Lab("imesh")
+SWARM = Lab("iswarm")
 _MESH = Nodes(MESH)
 on, as_sync_user, write, listing, sync = (_MESH.on, _MESH.as_sync_user, _MESH.write,
                                           _MESH.listing, _MESH.sync)
