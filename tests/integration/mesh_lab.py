@@ -54,7 +54,8 @@ class Nodes:
 
 
 MESH = Lab("imesh")
-SWARM = Lab("iswarm")
+# A second name lets two runs of the swarm tests work side by side.
+SWARM = Lab(os.environ.get("REPLIMESH_SWARM_LAB", "iswarm"))
 _MESH = Nodes(MESH)
 on, as_sync_user, write, listing, sync = (_MESH.on, _MESH.as_sync_user, _MESH.write,
                                           _MESH.listing, _MESH.sync)
