@@ -11,6 +11,7 @@ needs a transfer to last long enough to act in the middle of it.
 
 import json
 import socket
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -97,7 +98,8 @@ def test_a_published_file_reaches_every_node(lab, nodes):
                "every node holds reach/big.bin")
     for node in nodes.values():
         assert sha256(lab, node, "reach/big.bin") == digest
-        leftovers = Nodes(lab).on(node, f"ls -A {SWARM_ROOT}/.replimesh-swarm").stdout
+        leftovers = Nodes(lab).on(node, f"ls -A {SWARM_ROOT}/.replimesh-swarm 2>/dev/null; "
+                                        "true").stdout
         assert leftovers.split() == [], f"{node.name} kept a staging folder: {leftovers}"
         owner = Nodes(lab).on(node, f"stat -c %U {SWARM_ROOT}/reach/big.bin").stdout.strip()
         assert owner == "replimesh"
@@ -138,7 +140,8 @@ def test_the_others_finish_without_the_only_original_holder(lab, nodes):
         entries = list(statuses(lab, others, offer["infohash"]).values())
         return all(entries) and entries[0]["pieces"] and pieces_between(entries)
     wait_until(hold_everything_between_them, 120, "nodes 2-4 hold every piece between them")
-    control.stop(lab, "node1")
+    subprocess.run(["docker", "kill", nodes["node1"].container], check=True,
+                   capture_output=True)  # at once: `docker stop` would give it 5 s more
     at_stop = statuses(lab, others, offer["infohash"])
     assert any(e["state"] != "complete" for e in at_stop.values()), \
         f"every node finished before node1 stopped: nothing was tested {at_stop}"

@@ -155,7 +155,8 @@ def script(folder, name, body):
 
 # What the modules import as ansible.module_utils.replimesh.*: the core itself.
 SUBMODULES = ("config", "conflicts", "controller", "errors", "journal", "membership", "peers",
-              "replica", "round", "serve", "signature", "state", "unison")
+              "replica", "round", "serve", "signature", "state", "swarm_cli", "swarm_daemon",
+              "swarm_engine", "swarm_mesh", "swarm_offers", "unison")
 
 
 def load_module(monkeypatch, name):

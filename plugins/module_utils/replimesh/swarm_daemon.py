@@ -91,8 +91,7 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        self.log(f"started, port {self.cfg.swarm_port}"
-                 f"{' (SSL torrents)' if self.cfg.swarm_ca else ''}")
+        self.log(f"started, port {self.cfg.swarm_port}")
         due = {"offers": 0.0, "dial": 0.0, "resume": 0.0}
         while not self.stopping:
             now = time.monotonic()
@@ -260,8 +259,6 @@ class Daemon:
                 tracked.moving = False
                 tracked.error = f"cannot move into place: {alert.message()}"
                 self.log(f"{tracked.offer.path}: {tracked.error}")
-            elif isinstance(alert, lib.torrent_need_cert_alert) and tracked:
-                tracked.handle.set_ssl_certificate(self.cfg.swarm_cert, self.cfg.swarm_key, "")
             elif isinstance(alert, (lib.file_error_alert, lib.torrent_error_alert)) and tracked:
                 tracked.error = alert.message()
                 self.log(f"{tracked.offer.path}: {tracked.error}")
@@ -436,6 +433,7 @@ def run(cfg: Config, detach: bool = False) -> int:
         lock = lock_or_none(cfg)
         if lock is None:
             os._exit(0)
+    os.environ.pop("SSH_CLIENT", None)  # started over SSH: its log lines are not a client's
     try:
         return Daemon(cfg).run()
     finally:

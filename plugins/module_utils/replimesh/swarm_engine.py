@@ -4,8 +4,7 @@ libtorrent (Debian's python3-libtorrent on nodes, installed by the replimesh_swa
 does the BitTorrent part: pieces, SHA-256 checks (v2 torrents), choking, resume data.
 replimesh keeps it private: no tracker, DHT, local discovery or port mapping; peers are
 dialled by hand from the mesh's active peer list, and an IP filter turns away every
-other address. With the mesh CA deployed, torrents are also SSL torrents, so a peer must
-hold a certificate from that CA.
+other address.
 """
 
 from __future__ import annotations
@@ -37,13 +36,14 @@ def make_offer(cfg: Config, path: str, now: datetime | None = None) -> Offer:
     rel = relative_path(cfg, path)
     full = os.path.join(cfg.swarm_root, rel)
     size = os.path.getsize(full)
-    files = lib.file_storage()
-    lib.add_files(files, full)
+    if hasattr(lib, "list_files"):  # libtorrent 2.1
+        files = lib.list_files(full)
+    else:                            # 2.0 (Debian 12's)
+        files = lib.file_storage()
+        lib.add_files(files, full)
     creator = lib.create_torrent(files, piece_size(size), lib.create_torrent.v2_only)
     creator.set_priv(True)
     creator.set_creator("replimesh")
-    if cfg.swarm_ca:
-        creator.set_root_cert(_read(cfg.swarm_ca))
     lib.set_piece_hashes(creator, os.path.dirname(full))
     torrent = lib.bencode(creator.generate())
     info = lib.torrent_info(torrent)
@@ -53,20 +53,26 @@ def make_offer(cfg: Config, path: str, now: datetime | None = None) -> Offer:
 
 
 def check(offer: Offer, source: str):
-    """The offer's torrent_info, once its manifest is shown to match what the offer says."""
+    """The offer's torrent_info, once its manifest is shown to match what the offer says:
+    read from the bencoded info dictionary, since libtorrent releases differ in how they
+    show a v2 file (2.1 adds a tail pad file)."""
     lib = lt()
     try:
         info = lib.torrent_info(offer.torrent)
-    except RuntimeError as error:
+        meta = lib.bdecode(offer.torrent)[b"info"]
+    except (RuntimeError, KeyError, TypeError) as error:
         raise ConfigError(f"offer from {source}: the manifest does not parse: {error}") from None
+    name = os.path.basename(offer.path)
+    tree = meta.get(b"file tree", {})
+    entry = tree.get(name.encode(), {}).get(b"", {})
     problem = None
     if str(info.info_hashes().v2) != offer.infohash:
         problem = "its info-hash is not the one named"
-    elif info.num_files() != 1 or info.name() != os.path.basename(offer.path):
-        problem = f"it must hold the one file {os.path.basename(offer.path)}"
-    elif info.total_size() != offer.size:
+    elif meta.get(b"name") != name.encode() or len(tree) != 1 or not entry:
+        problem = f"it must hold the one file {name}"
+    elif entry.get(b"length") != offer.size:
         problem = "its size is not the one named"
-    elif not info.priv():
+    elif meta.get(b"private") != 1:
         problem = "it is not a private torrent"
     if problem:
         raise ConfigError(f"offer of {offer.path} from {source}: {problem}")
@@ -75,9 +81,8 @@ def check(offer: Offer, source: str):
 
 def session_settings(cfg: Config) -> dict:
     lib = lt()
-    port = f"0.0.0.0:{cfg.swarm_port}" + ("s" if cfg.swarm_ca else "")
     return {
-        "listen_interfaces": port,
+        "listen_interfaces": f"0.0.0.0:{cfg.swarm_port}",
         "user_agent": "replimesh",
         "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
         "enable_natpmp": False,
@@ -133,10 +138,3 @@ def add_params(info, save_path: str, seed: bool, resume: bytes | None = None):
     params.flags = flags
     return params
 
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}: {INSTALL_HINT}") from None

@@ -1,0 +1,169 @@
+"""Swarm mode's pure parts and manifests: piece sizes, which paths may be published, what
+an offer from a peer must be, which version of a path wins, and the manifest check
+(with the real libtorrent)."""
+
+import dataclasses
+import os
+
+import pytest
+
+from plugins.module_utils.replimesh import serve, swarm_daemon, swarm_engine, swarm_offers
+from plugins.module_utils.replimesh.errors import ConfigError
+
+from .support import write_node
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    swarm = tmp_path / "swarm"
+    swarm.mkdir()
+    return write_node(tmp_path, [{"name": "node1"}, {"name": "node2"}],
+                      swarm_root=str(swarm), swarm_dir=str(tmp_path / "swarm-state"))[0]
+
+
+def put(cfg, rel, data=b"x" * 100_000):
+    path = os.path.join(cfg.swarm_root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(data)
+    return path
+
+
+@pytest.mark.parametrize(("size", "piece"), [
+    (0, 256 << 10), (MIB, 256 << 10), (512 * MIB, 256 << 10), (513 * MIB, 512 << 10),
+    (100 << 30, 16 * MIB), (500 << 30, 16 * MIB)])
+def test_piece_size_grows_with_the_file_within_bounds(size, piece):
+    assert swarm_offers.piece_size(size) == piece
+
+
+def test_a_file_under_the_root_is_named_by_its_relative_path(cfg):
+    path = put(cfg, "models/a.bin")
+    assert swarm_offers.relative_path(cfg, path) == "models/a.bin"
+    assert swarm_offers.relative_path(cfg, "models/a.bin") == "models/a.bin"
+
+
+@pytest.mark.parametrize(("given", "needle"), [
+    ("/etc/passwd", "not under the swarm root"),
+    ("../outside.bin", "not under the swarm root"),
+    ("models", "not a regular file"),
+    ("missing.bin", "not a regular file"),
+    (".replimesh-swarm/x.bin", "not a clean path")])
+def test_what_cannot_be_published_is_refused_saying_why(cfg, given, needle):
+    put(cfg, "models/a.bin")
+    put(cfg, ".replimesh-swarm/x.bin")
+    with pytest.raises(ConfigError, match=needle):
+        swarm_offers.relative_path(cfg, given)
+
+
+def test_a_symlink_leading_out_of_the_root_is_refused(cfg, tmp_path):
+    outside = tmp_path / "secret"
+    outside.write_text("no")
+    os.symlink(outside, os.path.join(cfg.swarm_root, "link.bin"))
+    with pytest.raises(ConfigError, match="not under the swarm root"):
+        swarm_offers.relative_path(cfg, "link.bin")
+
+
+def test_an_offer_survives_its_trip_and_its_manifest_checks_out(cfg):
+    put(cfg, "models/a.bin", os.urandom(3 * MIB))
+    offer = swarm_engine.make_offer(cfg, "models/a.bin")
+    assert (offer.path, offer.size, offer.publisher) == ("models/a.bin", 3 * MIB, "node1")
+    again = swarm_offers.parse(offer.to_json(), "node1")
+    assert again == offer
+    info = swarm_engine.check(again, "node1")
+    assert info.priv() and info.num_pieces() == 12  # 256 KiB pieces
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"path": "models/other.bin"}, "must hold the one file other.bin"),
+    ({"size": 1}, "its size is not the one named"),
+    ({"infohash": "0" * 64}, "its info-hash is not the one named"),
+    ({"torrent": b"d4:infoi1ee"}, "does not parse")])
+def test_an_offer_whose_manifest_says_otherwise_is_refused(cfg, change, needle):
+    put(cfg, "models/a.bin")
+    offer = dataclasses.replace(swarm_engine.make_offer(cfg, "models/a.bin"), **change)
+    with pytest.raises(ConfigError, match=needle):
+        swarm_engine.check(offer, "node2")
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("not json", "malformed"),
+    ('{"path": "a"}', "malformed"),
+    ('{"path": "a", "infohash": "zz", "torrent": "", "publisher": "n", "published": "t",'
+     ' "size": 1}', "infohash must be 64 hex digits"),
+    ('{"path": "../a", "infohash": "' + "a" * 64 + '", "torrent": "", "publisher": "n",'
+     ' "published": "t", "size": 1}', "not a clean path"),
+    ('{"path": "/etc/a", "infohash": "' + "a" * 64 + '", "torrent": "", "publisher": "n",'
+     ' "published": "t", "size": 1}', "not a clean path"),
+    ('{"path": "a", "infohash": "' + "a" * 64 + '", "torrent": "", "publisher": "n",'
+     ' "published": "t", "size": -1}', "size must be"),
+    ('{"path": "a", "infohash": "' + "a" * 64 + '", "torrent": "!!", "publisher": "n",'
+     ' "published": "t", "size": 1}', "malformed")])
+def test_a_malformed_offer_is_refused_naming_its_source(text, needle):
+    with pytest.raises(ConfigError, match=f"offer from node2.*{needle}|{needle}"):
+        swarm_offers.parse(text, "node2")
+
+
+def offer(path, published, infohash):
+    return swarm_offers.Offer(path, infohash * 64, b"", "node1", published, 1)
+
+
+def test_the_latest_offer_of_a_path_wins_and_an_older_one_is_not_taken(cfg):
+    old, new = offer("a", "2026-01-01", "1"), offer("a", "2026-02-01", "2")
+    other = offer("b", "2026-01-01", "3")
+    assert swarm_offers.store(cfg, old) and swarm_offers.store(cfg, other)
+    assert swarm_offers.store(cfg, new)
+    assert not swarm_offers.store(cfg, new)          # already held
+    assert not swarm_offers.store(cfg, offer("a", "2025-12-01", "4"))  # older than held
+    latest = swarm_offers.current(swarm_offers.load_all(cfg))
+    assert {p: o.infohash[0] for p, o in latest.items()} == {"a": "2", "b": "3"}
+    swarm_offers.remove(cfg, new.infohash)
+    assert set(swarm_offers.load_all(cfg)) == {old.infohash, other.infohash}
+
+
+def test_an_unreadable_offer_file_is_skipped(cfg):
+    swarm_offers.store(cfg, offer("a", "2026-01-01", "1"))
+    with open(os.path.join(cfg.swarm_dir, "offers", "b" * 64 + ".json"), "w") as out:
+        out.write("{broken")
+    assert list(swarm_offers.load_all(cfg)) == ["1" * 64]
+
+
+@pytest.mark.parametrize(("pieces", "bits"), [
+    ([], ""), ([True], "8"), ([True, False, True, True], "b"),
+    ([True] * 5, "f8"), ([False] * 8 + [True], "008")])
+def test_pieces_held_are_a_hex_bitmap_first_piece_first(pieces, bits):
+    assert swarm_daemon._bits(pieces) == bits
+
+
+def test_only_one_daemon_runs_per_node(cfg):
+    first = swarm_daemon.lock_or_none(cfg)
+    assert first is not None
+    assert swarm_daemon.lock_or_none(cfg) is None
+    first.close()
+    assert swarm_daemon.lock_or_none(cfg) is not None
+
+
+@pytest.mark.parametrize("command", ["replimesh-swarm offer", "replimesh-swarm have"])
+def test_the_swarm_verbs_pass_the_forced_command(cfg, command):
+    assert serve.check(cfg, "node2", command) == [command]
+
+
+@pytest.mark.parametrize("command", ["replimesh-swarm offer /etc/passwd",
+                                     "replimesh-swarm fetch", "replimesh-swarm"])
+def test_other_swarm_commands_are_refused(cfg, command):
+    with pytest.raises(serve.Refused, match="command not allowed"):
+        serve.check(cfg, "node2", command)
+
+
+def test_an_offer_sent_to_serve_is_kept(cfg, monkeypatch, capsys):
+    put(cfg, "models/a.bin")
+    made = swarm_engine.make_offer(cfg, "models/a.bin")
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "replimesh-swarm offer")
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(made.to_json()))
+    assert serve.serve(cfg, "node2") == 0
+    assert capsys.readouterr().out == "offered\n"
+    assert list(swarm_offers.load_all(cfg)) == [made.infohash]
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "replimesh-swarm have")
+    assert serve.serve(cfg, "node2") == 0
+    assert capsys.readouterr().out == made.infohash + "\n"
