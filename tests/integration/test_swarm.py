@@ -2,7 +2,8 @@
 reaches every node with the same SHA-256; a corrupted piece is found and fetched again;
 the others finish without the only original holder; a killed daemon resumes; a new
 version moves only its changed pieces; a node that was down gets the offer from a
-round; and an address not in the peer list cannot join the swarm.
+round; and only peers holding a certificate of the mesh CA, from an address of the
+peer list, can join the swarm.
 
 Every file here is published under its own name, so the tests do not depend on each
 other's files. Sizes are small to keep the suite fast; links are shaped where a test
@@ -10,8 +11,9 @@ needs a transfer to last long enough to act in the middle of it.
 """
 
 import json
-import socket
+import shlex
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -39,6 +41,20 @@ def nodes(lab):
     for node in found.values():
         Nodes(lab).as_sync_user(node, "replimesh swarm daemon --detach")
     return found
+
+
+def wait_for(lab, nodes, condition, deadline_s, what):
+    """wait_until, and when it fails, the nodes' swarm logs and status in the message."""
+    try:
+        wait_until(condition, deadline_s, what)
+    except AssertionError as failure:
+        seen = []
+        for node in nodes.values():
+            log = Nodes(lab).on(node, "tail -n 15 /var/log/replimesh/swarm.log; "
+                                      "runuser -u replimesh -- replimesh swarm status",
+                                check=False, timeout=30)
+            seen.append(f"--- {node.name}\n{log.stdout}{log.stderr}")
+        raise AssertionError(f"{failure}\n" + "\n".join(seen)) from None
 
 
 def make_file(lab, node, name, mib):
@@ -94,8 +110,8 @@ def test_a_published_file_reaches_every_node(lab, nodes):
     offer = publish(lab, nodes["node1"], "reach/big.bin")
     assert {p["peer"]: p["result"] for p in offer["peers"]} == {
         "node2": "offered", "node3": "offered", "node4": "offered"}
-    wait_until(lambda: all_complete(lab, nodes, offer["infohash"]), 120,
-               "every node holds reach/big.bin")
+    wait_for(lab, nodes, lambda: all_complete(lab, nodes, offer["infohash"]), 120,
+             "every node holds reach/big.bin")
     for node in nodes.values():
         assert sha256(lab, node, "reach/big.bin") == digest
         leftovers = Nodes(lab).on(node, f"ls -A {SWARM_ROOT}/.replimesh-swarm 2>/dev/null; "
@@ -110,7 +126,8 @@ def test_a_published_file_reaches_every_node(lab, nodes):
 def test_a_corrupted_piece_is_found_and_fetched_again(lab, nodes):
     digest = make_file(lab, nodes["node1"], "corrupt.bin", 16)
     offer = publish(lab, nodes["node1"], "corrupt.bin")
-    wait_until(lambda: all_complete(lab, nodes, offer["infohash"]), 90, "everyone holds it")
+    wait_for(lab, nodes, lambda: all_complete(lab, nodes, offer["infohash"]), 90,
+             "everyone holds it")
     Nodes(lab).on(nodes["node3"], f"printf garbage | dd of={SWARM_ROOT}/corrupt.bin bs=1 "
                                   "seek=5000000 conv=notrunc status=none")
     assert sha256(lab, nodes["node3"], "corrupt.bin") != digest
@@ -119,7 +136,7 @@ def test_a_corrupted_piece_is_found_and_fetched_again(lab, nodes):
     def repaired():
         entry = status(lab, nodes["node3"], offer["infohash"])
         return entry["repaired"] >= 1 and entry["state"] == "complete"
-    wait_until(repaired, 60, "node3 found the bad piece and fetched it again")
+    wait_for(lab, nodes, repaired, 60, "node3 found the bad piece and fetched it again")
     assert sha256(lab, nodes["node3"], "corrupt.bin") == digest
     entry = status(lab, nodes["node3"], offer["infohash"])
     assert entry["repaired"] == 1, entry     # 8 bytes at one offset: one piece
@@ -138,15 +155,17 @@ def test_the_others_finish_without_the_only_original_holder(lab, nodes):
 
     def hold_everything_between_them():
         entries = list(statuses(lab, others, offer["infohash"]).values())
-        return all(entries) and entries[0]["pieces"] and pieces_between(entries)
-    wait_until(hold_everything_between_them, 120, "nodes 2-4 hold every piece between them")
+        return (all(e and e.get("have") for e in entries)  # every one in the session
+                and pieces_between(entries))
+    wait_for(lab, nodes, hold_everything_between_them, 120,
+             "nodes 2-4 hold every piece between them")
     subprocess.run(["docker", "kill", nodes["node1"].container], check=True,
                    capture_output=True)  # at once: `docker stop` would give it 5 s more
     at_stop = statuses(lab, others, offer["infohash"])
     assert any(e["state"] != "complete" for e in at_stop.values()), \
         f"every node finished before node1 stopped: nothing was tested {at_stop}"
-    wait_until(lambda: all_complete(lab, others, offer["infohash"]), 120,
-               "nodes 2-4 finish from each other")
+    wait_for(lab, others, lambda: all_complete(lab, others, offer["infohash"]), 120,
+             "nodes 2-4 finish from each other")
     for node in others.values():
         assert sha256(lab, node, "holder.bin") == digest
 
@@ -162,12 +181,13 @@ def test_a_killed_daemon_resumes_where_it_stopped(lab, nodes):
     def half_there():
         entry = status(lab, node4, offer["infohash"])
         return entry and entry["state"] == "downloading" and entry["progress"] >= 0.5
-    wait_until(half_there, 120, "node4 holds half the file")
+    wait_for(lab, nodes, half_there, 120, "node4 holds half the file")
     Nodes(lab).on(node4, "pkill -KILL -f 'replimesh swarm daemon'")
     killed_at = status(lab, node4, offer["infohash"])["done_bytes"]
     assert killed_at < size
     Nodes(lab).as_sync_user(node4, "replimesh swarm daemon --detach")
-    wait_until(lambda: all_complete(lab, nodes, offer["infohash"]), 120, "every node done")
+    wait_for(lab, nodes, lambda: all_complete(lab, nodes, offer["infohash"]), 120,
+             "every node done")
     assert sha256(lab, node4, "resume.bin") == digest
     fetched_again = status(lab, node4, offer["infohash"])["downloaded"]
     # The restarted daemon fetched what was missing, plus at most the pieces that came
@@ -182,14 +202,16 @@ def test_a_new_version_moves_only_its_changed_pieces(lab, nodes):
     size = 32 * MIB
     make_file(lab, nodes["node1"], "versions.bin", size // MIB)
     first = publish(lab, nodes["node1"], "versions.bin")
-    wait_until(lambda: all_complete(lab, nodes, first["infohash"]), 90, "version 1 everywhere")
+    wait_for(lab, nodes, lambda: all_complete(lab, nodes, first["infohash"]), 90,
+             "version 1 everywhere")
     # One piece (256 KiB at this size) rewritten in place.
     Nodes(lab).on(nodes["node1"], f"head -c 1000 /dev/urandom | dd of={SWARM_ROOT}/"
                                   "versions.bin bs=1 seek=3000000 conv=notrunc status=none")
     digest = sha256(lab, nodes["node1"], "versions.bin")
     second = publish(lab, nodes["node1"], "versions.bin")
     assert second["infohash"] != first["infohash"]
-    wait_until(lambda: all_complete(lab, nodes, second["infohash"]), 90, "version 2 everywhere")
+    wait_for(lab, nodes, lambda: all_complete(lab, nodes, second["infohash"]), 90,
+             "version 2 everywhere")
     for name, node in nodes.items():
         assert sha256(lab, node, "versions.bin") == digest
         entry = status(lab, node, second["infohash"])
@@ -208,7 +230,8 @@ def test_a_node_that_was_down_gets_the_offer_from_a_round(lab, nodes):
     Nodes(lab).as_sync_user(nodes["node4"], "replimesh swarm daemon --detach")
     assert status(lab, nodes["node4"], offer["infohash"]) is None
     Nodes(lab).as_sync_user(nodes["node2"], "replimesh sync")  # passes offers on
-    wait_until(lambda: all_complete(lab, nodes, offer["infohash"]), 90, "node4 holds late.bin")
+    wait_for(lab, nodes, lambda: all_complete(lab, nodes, offer["infohash"]), 90,
+             "node4 holds late.bin")
     assert sha256(lab, nodes["node4"], "late.bin") == digest
 
 
@@ -220,32 +243,59 @@ def handshake(infohash: str) -> bytes:
             + b"-XX0000-strangerpeer")
 
 
+# Connects to a swarm daemon over TLS with a given certificate (the torrent is named by
+# SNI, as libtorrent's SSL torrents expect), sends a handshake, prints the answer's hex
+# or "refused".
 PROBE = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], 6881), timeout=5)
-s.sendall(bytes.fromhex(sys.argv[2]))
+import socket, ssl, sys
+host, infohash, cert, key, ca, hello = sys.argv[1:7]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.load_verify_locations(ca)
+ctx.load_cert_chain(cert, key)
 try:
-    print(s.recv(68).hex())
-except OSError:
-    print("")
+    with socket.create_connection((host, 6881), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=infohash[:40]) as tls:
+            tls.sendall(bytes.fromhex(hello))
+            print(tls.recv(68).hex() or "refused")
+except (OSError, ssl.SSLError) as error:
+    print("refused", type(error).__name__)
 """
+TLS = "/etc/replimesh"
 
 
-def test_an_address_not_in_the_peer_list_cannot_join(lab, nodes):
+def probe(lab, node, target, offer, cert, key):
+    """Run PROBE on node (None: the controller) against target; its one-line answer."""
+    args = [target.address, offer["infohash"], cert, key, f"{TLS}/swarm-ca.pem",
+            handshake(offer["infohash"]).hex()]
+    if node is None:
+        args[4] = key.replace("swarm-node.key", "swarm-ca.pem")
+        done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                              text=True, timeout=30, check=True)
+        return done.stdout.strip()
+    return Nodes(lab).as_sync_user(node, f"python3 -c {shlex.quote(PROBE)} "
+                                   + " ".join(map(shlex.quote, args))).stdout.strip()
+
+
+def test_only_peers_with_a_mesh_certificate_can_join(lab, nodes, tmp_path):
     make_file(lab, nodes["node1"], "private.bin", 4)
     offer = publish(lab, nodes["node1"], "private.bin")
-    wait_until(lambda: all_complete(lab, nodes, offer["infohash"]), 60, "everyone holds it")
-    hello = handshake(offer["infohash"])
-    # A peer of the mesh gets node3's handshake back...
-    answer = Nodes(lab).on(nodes["node2"], f"python3 -c '{PROBE}' {nodes['node3'].address} "
-                                           f"{hello.hex()}").stdout.strip()
+    wait_for(lab, nodes, lambda: all_complete(lab, nodes, offer["infohash"]), 60,
+             "everyone holds it")
+    node2, node3 = nodes["node2"], nodes["node3"]
+    mesh = (f"{TLS}/swarm-node.pem", f"{TLS}/swarm-node.key")
+    # A peer with its mesh certificate is answered...
+    answer = probe(lab, node2, node3, offer, *mesh)
     assert bytes.fromhex(answer).startswith(b"\x13BitTorrent protocol"), answer
-    # ...the controller, which is not in the peer list, is dropped without one.
-    with socket.create_connection((nodes["node3"].address, 6881), timeout=5) as stranger:
-        stranger.settimeout(5)
-        stranger.sendall(hello)
-        try:
-            reply = stranger.recv(68)
-        except (ConnectionResetError, TimeoutError):
-            reply = b""
-    assert reply == b"", reply
+    # ...the same peer with a certificate of another CA is not...
+    Nodes(lab).on(node2, "cd /tmp && openssl req -x509 -newkey ec -pkeyopt "
+                         "ec_paramgen_curve:prime256v1 -nodes -keyout foreign.key -out "
+                         "foreign.pem -days 1 -subj /CN=node2 -addext subjectAltName=DNS:* "
+                         "2>/dev/null && chown replimesh: foreign.key foreign.pem")
+    assert probe(lab, node2, node3, offer, "/tmp/foreign.pem", "/tmp/foreign.key") \
+        .startswith("refused")
+    # ...nor is the controller, not in the peer list, even with node2's certificate.
+    for name in ("swarm-node.pem", "swarm-node.key", "swarm-ca.pem"):
+        (tmp_path / name).write_text(Nodes(lab).on(node2, f"cat {TLS}/{name}").stdout)
+    assert probe(lab, None, node3, offer, str(tmp_path / "swarm-node.pem"),
+                 str(tmp_path / "swarm-node.key")).startswith("refused")

@@ -45,11 +45,17 @@ class Config:
     max_delete_share: float = 0.5
     # Swarm mode (large files over BitTorrent, see swarm_*.py): a file published under
     # swarm_root lands at the same relative path on every node. swarm_dir holds the
-    # offers (manifests), resume data and the daemon's status.
+    # offers (manifests), resume data and the daemon's status. swarm_ca, swarm_cert and
+    # swarm_key (PEM files: the mesh CA issued by the deploy, this node's certificate and
+    # key) make every torrent an SSL torrent that only holders of a mesh certificate can
+    # join; empty turns that off.
     swarm_root: str = "/srv/replimesh/swarm"
     swarm_dir: str = "/var/lib/replimesh/swarm"
     swarm_port: int = 6881
     swarm_seed_hours: int = 168     # a finished file is seeded this long, then only kept
+    swarm_ca: str = ""
+    swarm_cert: str = ""
+    swarm_key: str = ""
 
 
 _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_file": str,
@@ -58,7 +64,8 @@ _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_fil
           "known_hosts": str, "command": str, "ssh": str, "replica_dir": str,
           "lock_wait": int, "conflict_policy": str, "backup_days": int,
           "max_delete_share": (int, float), "swarm_root": str, "swarm_dir": str,
-          "swarm_port": int, "swarm_seed_hours": int}
+          "swarm_port": int, "swarm_seed_hours": int, "swarm_ca": str, "swarm_cert": str,
+          "swarm_key": str}
 POLICIES = ("newer", "keep-both")
 PREFER = "prefer:"
 
@@ -110,6 +117,10 @@ def parse(data: Any, origin: str = "config") -> Config:
                           "(1 turns the deletion guard off)")
     if not str(data.get("swarm_root", "/")).startswith("/"):
         raise ConfigError(f"{origin}: swarm_root must be an absolute path")
+    tls = [bool(data.get(k)) for k in ("swarm_ca", "swarm_cert", "swarm_key")]
+    if any(tls) and not all(tls):
+        raise ConfigError(f"{origin}: swarm_ca, swarm_cert and swarm_key go together "
+                          "(all three, or none)")
     policy = data.get("conflict_policy", "newer")
     if policy not in POLICIES and not (policy.startswith(PREFER) and policy[len(PREFER):]):
         raise ConfigError(f"{origin}: conflict_policy {policy!r} is not one of newer, "

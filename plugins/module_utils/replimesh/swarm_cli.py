@@ -24,6 +24,8 @@ def add_parser(verbs) -> None:
     daemon = sub.add_parser("daemon", help="download what is offered, and seed")
     daemon.add_argument("--detach", action="store_true",
                         help="run in the background (exit at once if one already runs)")
+    daemon.add_argument("--replace", action="store_true",
+                        help="stop the daemon that runs first (after a new certificate)")
     daemon.set_defaults(handler=_daemon)
     status = sub.add_parser("status", help="every swarm file on this node")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -49,7 +51,7 @@ def _publish(cfg, args) -> int:
 
 
 def _daemon(cfg, args) -> int:
-    return swarm_daemon.run(cfg, detach=args.detach)
+    return swarm_daemon.run(cfg, detach=args.detach, replace=args.replace)
 
 
 def load_status(cfg) -> dict:

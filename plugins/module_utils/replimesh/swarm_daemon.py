@@ -55,7 +55,8 @@ def paths(cfg: Config) -> dict[str, str]:
             "status": os.path.join(base, "status.json"),
             "resume": os.path.join(base, "resume"),
             "done": os.path.join(base, "done"),
-            "verify": os.path.join(base, "verify")}
+            "verify": os.path.join(base, "verify"),
+            "dh": os.path.join(base, "ffdhe2048.pem")}
 
 
 def lock_or_none(cfg: Config):
@@ -85,13 +86,17 @@ class Daemon:
         self.peers_stamp = None
         for folder in ("resume", "done", "verify"):
             os.makedirs(paths(cfg)[folder], mode=0o750, exist_ok=True)
+        if cfg.swarm_ca:
+            with open(paths(cfg)["dh"], "w", encoding="utf-8") as out:
+                out.write(swarm_engine.FFDHE2048)
 
     # --- the loop ---
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        self.log(f"started, port {self.cfg.swarm_port}")
+        self.log(f"started, port {self.cfg.swarm_port}"
+                 f"{' (SSL torrents of the mesh CA)' if self.cfg.swarm_ca else ''}")
         due = {"offers": 0.0, "dial": 0.0, "resume": 0.0}
         while not self.stopping:
             now = time.monotonic()
@@ -259,6 +264,10 @@ class Daemon:
                 tracked.moving = False
                 tracked.error = f"cannot move into place: {alert.message()}"
                 self.log(f"{tracked.offer.path}: {tracked.error}")
+            elif isinstance(alert, lib.torrent_need_cert_alert) and tracked:
+                # An SSL torrent: show peers this node's certificate from the mesh CA.
+                tracked.handle.set_ssl_certificate(self.cfg.swarm_cert, self.cfg.swarm_key,
+                                                   paths(self.cfg)["dh"])
             elif isinstance(alert, (lib.file_error_alert, lib.torrent_error_alert)) and tracked:
                 tracked.error = alert.message()
                 self.log(f"{tracked.offer.path}: {tracked.error}")
@@ -388,6 +397,22 @@ def _bits(pieces) -> str:
     return format(value << (width * 4 - len(pieces)), f"0{width}x")
 
 
+def _take_over(cfg: Config, wait_s: float = 30.0):
+    """Stop the running daemon (SIGTERM to the pid in its lock file) and take its lock."""
+    try:
+        with open(paths(cfg)["lock"], encoding="utf-8") as handle:
+            os.kill(int(handle.read().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass  # gone already, or not ours to signal: wait for the lock all the same
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        lock = lock_or_none(cfg)
+        if lock is not None:
+            return lock
+        time.sleep(0.2)
+    return None
+
+
 def _unchanged(dest: str, done: dict) -> bool:
     try:
         stat = os.stat(dest)
@@ -413,10 +438,13 @@ def _write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def run(cfg: Config, detach: bool = False) -> int:
-    """Run the daemon unless one already runs on this node (then say so, exit 0)."""
+def run(cfg: Config, detach: bool = False, replace: bool = False) -> int:
+    """Run the daemon unless one already runs on this node (then say so, exit 0);
+    replace: stop the running one first (it saves its resume data)."""
     swarm_engine.lt()  # fail here, with the install hint, not in a detached child
     lock = lock_or_none(cfg)
+    if lock is None and replace:
+        lock = _take_over(cfg)
     if lock is None:
         print(f"replimesh: swarm daemon already running on {cfg.node}")
         return 0

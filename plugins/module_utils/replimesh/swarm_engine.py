@@ -4,7 +4,8 @@ libtorrent (Debian's python3-libtorrent on nodes, installed by the replimesh_swa
 does the BitTorrent part: pieces, SHA-256 checks (v2 torrents), choking, resume data.
 replimesh keeps it private: no tracker, DHT, local discovery or port mapping; peers are
 dialled by hand from the mesh's active peer list, and an IP filter turns away every
-other address.
+other address. With the mesh CA deployed, torrents are also SSL torrents: the CA's
+certificate is in the manifest, and a peer must show a certificate it signed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from .config import Config
 from .errors import ConfigError
 from .swarm_offers import Offer, piece_size, relative_path
 
+# Diffie-Hellman parameters for the SSL torrents' connections (libtorrent wants a file):
+# RFC 7919's public ffdhe2048 group, as `openssl genpkey -genparam -algorithm DH -pkeyopt
+# group:ffdhe2048` prints it.
+FFDHE2048 = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
 INSTALL_HINT = ("python3-libtorrent is not installed on this node: deploy it with "
                 "playbooks/site.yml (role replimesh_swarm)")
 
@@ -44,6 +57,8 @@ def make_offer(cfg: Config, path: str, now: datetime | None = None) -> Offer:
     creator = lib.create_torrent(files, piece_size(size), lib.create_torrent.v2_only)
     creator.set_priv(True)
     creator.set_creator("replimesh")
+    if cfg.swarm_ca:
+        creator.set_root_cert(_read(cfg.swarm_ca))
     lib.set_piece_hashes(creator, os.path.dirname(full))
     torrent = lib.bencode(creator.generate())
     info = lib.torrent_info(torrent)
@@ -82,7 +97,8 @@ def check(offer: Offer, source: str):
 def session_settings(cfg: Config) -> dict:
     lib = lt()
     return {
-        "listen_interfaces": f"0.0.0.0:{cfg.swarm_port}",
+        # SSL torrents take connections only on an SSL listen socket ("s").
+        "listen_interfaces": f"0.0.0.0:{cfg.swarm_port}" + ("s" if cfg.swarm_ca else ""),
         "user_agent": "replimesh",
         "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
         "enable_natpmp": False,
@@ -138,3 +154,12 @@ def add_params(info, save_path: str, seed: bool, resume: bytes | None = None):
     params.flags = flags
     return params
 
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read the mesh CA {path}: {error.strerror} (deploy with "
+                          "playbooks/site.yml)") from None
