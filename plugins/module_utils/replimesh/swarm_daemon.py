@@ -84,6 +84,7 @@ class Daemon:
         self.stopping = False
         self.allowed: set[str] = set()
         self.peers_stamp = None
+        self.offers_stamp: int | None = -1  # never read yet
         for folder in ("resume", "done", "verify"):
             os.makedirs(paths(cfg)[folder], mode=0o750, exist_ok=True)
         if cfg.swarm_ca:
@@ -166,26 +167,39 @@ class Daemon:
     # --- offers in, torrents out ---
 
     def sync_offers(self) -> None:
-        held = swarm_offers.load_all(self.cfg)
-        latest = swarm_offers.current(held)
-        for infohash, offer in held.items():
-            if latest[offer.path].infohash != infohash:
-                self.drop(infohash, f"{offer.path}: superseded by a newer version")
-                swarm_offers.remove(self.cfg, infohash)
-        for offer in latest.values():
-            if offer.infohash not in self.torrents:
-                self.add(offer)
+        """Take in new offers (read again only when the offers folder changed: manifests
+        of large files are ~1 MB), and stop seeding what has been seeded long enough."""
+        try:
+            stamp = os.stat(os.path.join(self.cfg.swarm_dir, "offers")).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self.offers_stamp:
+            self.offers_stamp = stamp
+            held = swarm_offers.load_all(self.cfg)
+            latest = swarm_offers.current(held)
+            for infohash, offer in held.items():
+                if latest[offer.path].infohash != infohash:
+                    self.drop(infohash, f"{offer.path}: superseded by a newer version")
+                    swarm_offers.remove(self.cfg, infohash)
+            for offer in latest.values():
+                if offer.infohash not in self.torrents:
+                    self.add(offer)
+        for infohash, tracked in list(self.torrents.items()):
+            done = None if tracked.staged else self.done_record(tracked.offer)
+            if done and tracked.handle.status().is_seeding and self.seed_time_over(done):
+                self.drop(infohash, f"{tracked.offer.path}: seeded for "
+                                    f"{self.cfg.swarm_seed_hours} h, now only kept")
 
     def add(self, offer: Offer, verify: bool = False) -> None:
-        try:
-            info = swarm_engine.check(offer, "the offers folder")
-        except ConfigError as error:
-            self.log(str(error))
-            return
         dest = swarm_offers.destination(self.cfg, offer)
         done = self.done_record(offer)
         in_place = done is not None and _unchanged(dest, done)
         if in_place and not verify and self.seed_time_over(done):
+            return
+        try:
+            info = swarm_engine.check(offer, "the offers folder")
+        except ConfigError as error:
+            self.log(str(error))
             return
         resume = None
         if in_place or (offer.publisher == self.cfg.node and os.path.isfile(dest)
