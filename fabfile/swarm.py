@@ -42,13 +42,8 @@ def publish(c, path, host, timeout=3600, inventory="", user="replimesh"):
     if source is None:
         raise Exit(f"swarm: {host} is not a node of the mesh in the inventory "
                    f"({', '.join(h.name for h in hosts)})", code=2)
-    command = f"replimesh swarm publish {shlex.quote(path)} --json"
-    code, output = on_every_host([source], lambda h: as_sync_user(h, user, command))[host]
-    try:
-        published = json.loads(output)
-    except ValueError:
-        why = "unreachable: " + output if code is None else output.strip()[:300]
-        raise Exit(f"swarm: publish on {host} failed: {why}", code=1) from None
+    print(f"{host}: hashing {path} (every piece's SHA-256: long for a large file)", flush=True)
+    published = _publish_on(source, user, path)
     for line in publish_lines(published):
         print(line, flush=True)
     started = time.monotonic()
@@ -71,6 +66,22 @@ def status(c, inventory="", user="replimesh"):
     outcomes = on_every_host(hosts, lambda h: as_sync_user(h, user, STATUS))
     print(render_status([h.name for h in hosts],
                         {name: read_status(*outcome) for name, outcome in outcomes.items()}))
+
+
+def _publish_on(host: Host, user: str, path: str) -> dict:
+    """`replimesh swarm publish --json` on host: what it printed. No command timeout (as
+    mesh's on_every_host has): hashing a file of hundreds of GB takes long."""
+    command = as_sync_user(host, user, f"replimesh swarm publish {shlex.quote(path)} --json")
+    try:
+        with connect(host) as connection:
+            done = connection.run(command, hide=True, warn=True, in_stream=False)
+    except Exception as error:  # unreachable, or the session broke off
+        raise Exit(f"swarm: publish on {host.name} failed: {_why(error)}", code=1) from None
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        why = _short(done.stderr) or _short(done.stdout) or f"exit {done.exited}"
+        raise Exit(f"swarm: publish on {host.name} failed: {why}", code=1) from None
 
 
 def _hosts(inventory: str) -> list[Host]:

@@ -50,9 +50,10 @@ def test_fab_publish_shows_every_node_complete(swarm_lab, swarm_nodes):
                      "--host", "node2", "--timeout", "300")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("node2: published operator-fab.bin (8.4 MB) as ")
-    assert {line.split()[2] for line in lines[1:4]} == {"node1", "node3", "node4"}
-    assert all(line.split()[3] == "offered" for line in lines[1:4])
+    assert lines[0].startswith("node2: hashing operator-fab.bin")
+    assert lines[1].startswith("node2: published operator-fab.bin (8.4 MB) as ")
+    assert {line.split()[2] for line in lines[2:5]} == {"node1", "node3", "node4"}
+    assert all(line.split()[3] == "offered" for line in lines[2:5])
     # the final view: one line per node, all complete, then the count
     last = max(i for i, line in enumerate(lines) if "4 of 4 nodes complete" in line)
     assert [line.split()[:2] for line in lines[last - 4:last]] == [
@@ -69,10 +70,15 @@ def test_fab_publish_shows_every_node_complete(swarm_lab, swarm_nodes):
     assert ["operator-fab.bin"] + ["complete 100%"] * 4 in rows
 
 
-def test_fab_publish_refuses_a_host_not_in_the_mesh(swarm_lab):
+def test_fab_publish_refuses_a_host_not_in_the_mesh_and_a_path_not_there(swarm_lab):
     done = fab_swarm(swarm_lab, "swarm.publish", "--path", "x.bin", "--host", "node9")
     assert done.returncode == 2
     assert "node9 is not a node of the mesh" in done.stderr
+    done = fab_swarm(swarm_lab, "swarm.publish", "--path", "operator-none.bin",
+                     "--host", "node1")
+    assert done.returncode == 1
+    assert "swarm: publish on node1 failed: replimesh: " in done.stderr
+    assert "operator-none.bin is not a regular file" in done.stderr
 
 
 def test_playbook_publishes_from_one_node_and_waits_on_all(swarm_lab, swarm_nodes):
