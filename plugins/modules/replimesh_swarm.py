@@ -114,13 +114,12 @@ waited:
   sample: 12.4
 """
 
-import json
 import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.replimesh import config as node_config
-from ansible.module_utils.replimesh import swarm_cli, swarm_daemon, swarm_mesh, swarm_offers
+from ansible.module_utils.replimesh import swarm_cli, swarm_mesh, swarm_offers
 from ansible.module_utils.replimesh.errors import ReplimeshError
 
 POLL_S = 1.0
@@ -166,23 +165,10 @@ def look(cfg, rel, wanted):
     return infohash, entry, status["running"]
 
 
-def held(cfg, rel, infohash, entry):
-    """The daemon calls this version complete, or it is kept in place unchanged since it
-    was (a "kept" entry alone only says a file is at the path: perhaps an older one)."""
-    if entry is None:
-        return False
-    if entry["state"] == "complete":
-        return True
-    if entry["state"] != "kept":
-        return False
-    try:
-        with open(os.path.join(swarm_daemon.paths(cfg)["done"], infohash + ".json"),
-                  encoding="utf-8") as handle:
-            done = json.load(handle)
-        stat = os.stat(os.path.join(cfg.swarm_root, rel))
-    except (OSError, ValueError):
-        return False
-    return stat.st_size == done.get("size") and stat.st_mtime_ns == done.get("mtime_ns")
+def held(entry):
+    """The daemon calls this version complete, or it is kept in place unchanged since
+    this node held it complete (load_status checks that)."""
+    return entry is not None and entry["state"] in ("complete", "kept")
 
 
 def describe(rel, infohash, entry, running):
@@ -203,7 +189,7 @@ def present(module, cfg):
     began = time.monotonic()
     while True:
         infohash, entry, running = look(cfg, rel, wanted)
-        done = held(cfg, rel, infohash, entry)
+        done = held(entry)
         if done or module.check_mode or time.monotonic() - began >= timeout:
             break
         time.sleep(POLL_S)

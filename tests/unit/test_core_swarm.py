@@ -167,3 +167,19 @@ def test_an_offer_sent_to_serve_is_kept(cfg, monkeypatch, capsys):
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "replimesh-swarm have")
     assert serve.serve(cfg, "node2") == 0
     assert capsys.readouterr().out == made.infohash + "\n"
+
+
+def test_status_says_kept_only_for_the_version_held_unchanged(cfg):
+    from plugins.module_utils.replimesh import swarm_cli
+    put(cfg, "a.bin", b"version 1")
+    made = swarm_engine.make_offer(cfg, "a.bin")
+    swarm_offers.store(cfg, made)
+
+    def state():
+        return [(f["path"], f["state"]) for f in swarm_cli.load_status(cfg)["files"]]
+    assert state() == [("a.bin", "waiting")]          # an offer, never held complete
+    swarm_daemon.write_done(cfg, made)
+    assert state() == [("a.bin", "kept")]
+    os.utime(os.path.join(cfg.swarm_root, "a.bin"), ns=(0, 0))
+    assert state() == [("a.bin", "waiting")]          # changed since: not that version
+    assert swarm_cli.load_status(cfg)["running"] is False

@@ -63,13 +63,13 @@ def load_status(cfg) -> dict:
         status = {"node": cfg.node, "updated": 0, "files": []}
     status["running"] = time.time() - status.get("updated", 0) < STALE_S
     held = swarm_offers.current(swarm_offers.load_all(cfg))
-    tracked = {f["path"] for f in status["files"]}
+    tracked = {f["infohash"] for f in status["files"]}
     for path, offer in sorted(held.items()):
-        if path not in tracked:  # not in the session: seeding time over, or no daemon
-            there = os.path.isfile(swarm_offers.destination(cfg, offer))
+        if offer.infohash not in tracked:  # seeding time over, no daemon, or not yet read
+            kept = swarm_daemon.holds(cfg, offer)
             status["files"].append({"path": path, "infohash": offer.infohash,
-                                    "state": "kept" if there else "waiting",
-                                    "size": offer.size, "progress": 1.0 if there else 0.0})
+                                    "state": "kept" if kept else "waiting",
+                                    "size": offer.size, "progress": 1.0 if kept else 0.0})
     return status
 
 

@@ -212,6 +212,9 @@ class Daemon:
         handle = self.session.add_torrent(
             swarm_engine.add_params(info, save_path, seed, resume))
         self.torrents[offer.infohash] = Tracked(offer, handle, staged)
+        if staged:  # dial at once rather than at the next round of dialling
+            for address in sorted(self.allowed):
+                handle.connect_peer((address, self.cfg.swarm_port))
         self.log(f"{offer.path}: {'seeding' if seed else 'checking'} "
                  f"{offer.infohash[:16]} from {offer.publisher} in {save_path}")
 
@@ -337,12 +340,7 @@ class Daemon:
         return os.path.join(paths(self.cfg)["resume"], infohash + ".resume")
 
     def done_record(self, offer: Offer) -> dict | None:
-        try:
-            with open(os.path.join(paths(self.cfg)["done"], offer.infohash + ".json"),
-                      encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return None
+        return done_record(self.cfg, offer)
 
     def write_done(self, offer: Offer) -> None:
         write_done(self.cfg, offer)
@@ -357,6 +355,22 @@ class Daemon:
         write_json(paths(self.cfg)["status"], {
             "node": self.cfg.node, "updated": time.time(),
             "files": sorted(entries, key=lambda e: e["path"])})
+
+
+def done_record(cfg: Config, offer: Offer) -> dict | None:
+    """What write_done noted of this version, if this node ever held it complete."""
+    try:
+        with open(os.path.join(paths(cfg)["done"], offer.infohash + ".json"),
+                  encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def holds(cfg: Config, offer: Offer) -> bool:
+    """Whether the file in place is this version, complete and unchanged since."""
+    done = done_record(cfg, offer)
+    return done is not None and _unchanged(swarm_offers.destination(cfg, offer), done)
 
 
 def write_done(cfg: Config, offer: Offer) -> None:
