@@ -45,6 +45,7 @@ class Tracked:
     staged: bool              # assembling in the staging folder (not yet in place)
     hash_failures: int = 0    # pieces that failed their check and were fetched again
     repaired: int = 0         # pieces found bad by a verify and fetched again
+    verifying: bool = False   # checking the file in place, fetching nothing meanwhile
     moving: bool = False
     error: str = ""
 
@@ -110,12 +111,12 @@ class Daemon:
                 self.dial()
                 due["dial"] = now + DIAL_EVERY_S
             if now >= due["resume"]:
-                self.save_resume(only_downloading=True)
+                self.save_resume()
                 due["resume"] = now + RESUME_EVERY_S
             self.handle_alerts()
             self.write_status()
             self.session.wait_for_alert(int(TICK_S * 1000))
-        self.save_resume(only_downloading=False)
+        self.save_resume()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and self._resume_pending:
             self.session.wait_for_alert(200)
@@ -190,10 +191,13 @@ class Daemon:
                 self.drop(infohash, f"{tracked.offer.path}: seeded for "
                                     f"{self.cfg.swarm_seed_hours} h, now only kept")
 
-    def add(self, offer: Offer, verify: bool = False) -> None:
+    def add(self, offer: Offer, verify: bool = False, repair: int = 0) -> None:
+        """Add the offer's torrent: seeding in place, or assembling in staging. verify:
+        check the file in place, fetching nothing; repair: assemble in staging from the
+        copy in place, whose bad pieces (that many) a verify found."""
         dest = swarm_offers.destination(self.cfg, offer)
         done = self.done_record(offer)
-        in_place = done is not None and _unchanged(dest, done)
+        in_place = done is not None and _unchanged(dest, done) and not repair
         if in_place and not verify and self.seed_time_over(done):
             return
         try:
@@ -202,16 +206,16 @@ class Daemon:
             self.log(str(error))
             return
         resume = None
-        if in_place or (offer.publisher == self.cfg.node and os.path.isfile(dest)
-                        and os.path.getsize(dest) == offer.size and done is not None):
+        if verify or in_place:
             save_path, staged, seed = os.path.dirname(dest), False, not verify
         else:
             save_path, staged, seed = swarm_offers.staging_dir(self.cfg, offer), True, False
             resume = _read_bytes(self.resume_file(offer))
             self.seed_staging(offer, save_path, dest, resume)
         handle = self.session.add_torrent(
-            swarm_engine.add_params(info, save_path, seed, resume))
-        self.torrents[offer.infohash] = Tracked(offer, handle, staged)
+            swarm_engine.add_params(info, save_path, seed, resume, upload_only=verify))
+        self.torrents[offer.infohash] = Tracked(offer, handle, staged, repaired=repair,
+                                                verifying=verify)
         if staged:  # dial at once rather than at the next round of dialling
             for address in sorted(self.allowed):
                 handle.connect_peer((address, self.cfg.swarm_port))
@@ -245,13 +249,14 @@ class Daemon:
         for infohash in os.listdir(folder):
             os.unlink(os.path.join(folder, infohash))
             tracked = self.torrents.get(infohash)
-            if tracked is not None and not tracked.staged:
-                tracked.handle.force_recheck()
-                self.log(f"{tracked.offer.path}: verifying every piece")
-            elif tracked is None:
-                offer = swarm_offers.load_all(self.cfg).get(infohash)
-                if offer is not None:
-                    self.add(offer, verify=True)
+            if tracked is not None and tracked.staged:
+                continue  # still downloading: every piece is checked as it comes in
+            offer = swarm_offers.load_all(self.cfg).get(infohash)
+            if offer is not None:
+                if tracked is not None:
+                    self.drop(infohash, f"{offer.path}: stop seeding while it is verified")
+                self.add(offer, verify=True)
+                self.log(f"{offer.path}: verifying every piece in place")
 
     # --- what libtorrent reports ---
 
@@ -298,13 +303,18 @@ class Daemon:
         return self.torrents.get(str(handle.info_hashes().v2))
 
     def checked(self, tracked: Tracked) -> None:
-        """After a verify: count the pieces in place that failed (they are fetched again)."""
-        status = tracked.handle.status()
-        missing = tracked.handle.torrent_file().num_pieces() - status.num_pieces
-        if missing and not tracked.staged:
-            tracked.repaired += missing
-            self.log(f"{tracked.offer.path}: {missing} piece(s) bad or missing in place: "
-                     "fetching them again")
+        """After a verify: all good, seed again; else repair the file like a new version,
+        in staging from the copy in place, then one rename (never written in place)."""
+        if not tracked.verifying:
+            return
+        offer = tracked.offer
+        missing = tracked.handle.torrent_file().num_pieces() - tracked.handle.status().num_pieces
+        self.drop(offer.infohash, f"{offer.path}: verified, {missing} bad piece(s)")
+        if missing:
+            self.add(offer, repair=missing)
+        else:
+            write_done(self.cfg, offer)  # as it is now: seeded without another check
+            self.add(offer)
 
     def finished(self, tracked: Tracked) -> None:
         if not tracked.staged:
@@ -320,13 +330,15 @@ class Daemon:
         tracked.moving, tracked.staged = False, False
         self.write_done(tracked.offer)
         shutil.rmtree(swarm_offers.staging_dir(self.cfg, tracked.offer), ignore_errors=True)
-        tracked.handle.save_resume_data()
-        self._resume_pending += 1
+        # Resume data is for assembling in staging; in place, the done record says it all.
+        if os.path.exists(self.resume_file(tracked.offer)):
+            os.unlink(self.resume_file(tracked.offer))
         self.log(f"{tracked.offer.path}: complete, every piece verified, in place")
 
-    def save_resume(self, only_downloading: bool) -> None:
+    def save_resume(self) -> None:
+        """Of every file still assembling in staging (the rest is in place, complete)."""
         for tracked in self.torrents.values():
-            if only_downloading and not tracked.staged:
+            if not tracked.staged or tracked.moving:
                 continue
             tracked.handle.save_resume_data(self.lt.save_resume_flags_t.only_if_modified)
             self._resume_pending += 1

@@ -137,10 +137,12 @@ def ip_filter(allowed: set[str]):
     return rules
 
 
-def add_params(info, save_path: str, seed: bool, resume: bytes | None = None):
+def add_params(info, save_path: str, seed: bool, resume: bytes | None = None,
+               upload_only: bool = False):
     """Parameters to add a torrent that is always active (never queued), filtered, and
     either trusted as complete (seed: the publisher, or a file finished here and
-    unchanged since) or checked against what is on disk."""
+    unchanged since) or checked against what is on disk; upload_only fetches nothing
+    (a file verified in place is never written there)."""
     lib = lt()
     params = lib.read_resume_data(resume) if resume else lib.add_torrent_params()
     params.ti = info
@@ -151,6 +153,8 @@ def add_params(info, save_path: str, seed: bool, resume: bytes | None = None):
     flags |= lib.torrent_flags.apply_ip_filter
     if seed:
         flags |= lib.torrent_flags.seed_mode
+    if upload_only:
+        flags |= lib.torrent_flags.upload_mode
     params.flags = flags
     return params
 
