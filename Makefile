@@ -4,7 +4,8 @@ SHELL := /bin/bash
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv lint unit integration molecule test demo bench lab-down clean
+.PHONY: venv lint unit integration molecule test demo bench bench-convergence bench-swarm \
+	lab-down clean
 
 venv: $(VENV)/.installed
 
@@ -31,10 +32,17 @@ test: lint unit integration molecule
 demo: venv
 	scripts/demo
 
-# Not part of test: labs of 3, 5 and 8 nodes, about 15 minutes (bench/README.md).
-bench: venv
+# Not part of test (bench/README.md): bench-convergence, labs of 3, 5 and 8 nodes, about
+# 15 minutes; bench-swarm, labs of 2, 4 and 8 nodes sending a 128 MiB file, about 30.
+bench: bench-convergence bench-swarm
+
+bench-convergence: venv
 	pip install --quiet -r bench/requirements.txt
 	python bench/convergence.py --sizes 3,5,8 --runs 5
+
+bench-swarm: venv
+	pip install --quiet -r bench/requirements.txt
+	python bench/swarm.py --sizes 2,4,8 --mb 128 --rate 100mbit --runs 3
 
 lab-down: venv
 	fab lab.down
