@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import journal, membership, swarm_engine, swarm_offers
@@ -42,12 +43,14 @@ def publish(cfg: Config, path: str, progress=None) -> tuple[Offer, list[Sent]]:
     swarm_offers.store(cfg, offer)
     write_done(cfg, offer)
     journal.append(cfg, "swarm.log", f"published {offer.path} as {offer.infohash}")
+    peers = sorted(_active_peers(cfg).items())
     sent = []
-    for name, entry in sorted(_active_peers(cfg).items()):
-        result = _offer_to(cfg, name, entry.addresses, offer)
-        sent.append(result)
-        if progress:
-            progress(result)
+    # All at once: a peer fetches nothing before its offer arrives (~0.5 s each over SSH).
+    with ThreadPoolExecutor(max(1, min(16, len(peers)))) as pool:
+        for result in pool.map(lambda p: _offer_to(cfg, p[0], p[1].addresses, offer), peers):
+            sent.append(result)
+            if progress:
+                progress(result)
     return offer, sent
 
 
