@@ -27,12 +27,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import report  # noqa: E402 - bench/report.py, beside this script
+
 from fabfile.lab import access, control  # noqa: E402
 from fabfile.lab.nodes import Lab, list_nodes  # noqa: E402
 
 ROOT = "/srv/replimesh/data"
 SCHEMES = ("one round", "every node in turn")
-BEGIN, END = "<!-- convergence:begin -->", "<!-- convergence:end -->"
 
 
 def on(lab, node, command, timeout=600):
@@ -47,8 +48,8 @@ def round_on(lab, node, *flags):
     out = on(lab, node, "runuser -u replimesh -- sh -c 'start=$(date +%s.%N); "
                         f"replimesh sync --json {' '.join(flags)}; echo; date +%s.%N; "
                         "echo $start'")
-    *report, ended, started = out.strip().splitlines()
-    peers = json.loads("\n".join(report))["peers"]
+    *lines, ended, started = out.strip().splitlines()
+    peers = json.loads("\n".join(lines))["peers"]
     return sum(p["sessions"] for p in peers), float(ended) - float(started)
 
 
@@ -141,12 +142,7 @@ def main():
         finally:
             if not args.keep:
                 control.down(lab)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "convergence.json").write_text(json.dumps(results, indent=1) + "\n")
-    readme = (HERE / "README.md").read_text()
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
-    (HERE / "README.md").write_text(f"{head}{BEGIN}\n{table(results, sizes)}\n{END}{tail}")
+    report.save("convergence", results, table(results, sizes))
     plot(results, sizes, HERE / "convergence.png")
 
 

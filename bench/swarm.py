@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "plugins" / "module_utils"))
 
+import report  # noqa: E402 - bench/report.py, beside this script
 from replimesh.swarm_offers import piece_size  # noqa: E402
 
 from fabfile.lab import access, control, faults  # noqa: E402
@@ -60,7 +61,6 @@ SCHEMES = ("swarm", "fan-out", "Unison mesh")
 PENDING = ("downloading", "checking", "moving")
 POLL_S = 0.5
 CHANGED_SHARE = 0.01
-BEGIN, END = "<!-- swarm:begin -->", "<!-- swarm:end -->"
 
 
 class Remote:
@@ -182,12 +182,12 @@ def publish(remote, nodes, name, deadline_s):
             polled = time.monotonic()
             if infohash is None and job.poll() is not None:
                 out, err = job.communicate()
-                first, _, report = out.partition("\n")
+                first, _, answer = out.partition("\n")
                 started = float(first)
                 if job.returncode != 0:
                     raise SystemExit(f"publish {name} on {publisher.name}: exit "
-                                     f"{job.returncode}: {err.strip() or report}")
-                infohash = json.loads(report)["infohash"]
+                                     f"{job.returncode}: {err.strip() or answer}")
+                infohash = json.loads(answer)["infohash"]
             statuses = list(pool.map(lambda n: swarm_status(remote, n), nodes))
             if infohash:
                 entries = {n.name: next((f for f in s["files"] if f.get("infohash") == infohash),
@@ -231,10 +231,10 @@ def measure(remote, nodes, scheme, name, digest, bound):
                               f"{DATA_ROOT}/{name}")
         out = remote.run(publisher, f"date +%s.%N; {as_sync_user('replimesh sync --json')}; "
                                     "echo; date +%s.%N", timeout=deadline, ok=(0, 1))
-        started, *report, ended = out.strip().splitlines()
-        report = json.loads("\n".join(report))
+        started, *lines, ended = out.strip().splitlines()
+        answer = json.loads("\n".join(lines))
         seconds = float(ended) - float(started)
-        result["failed_peers"] = [p["peer"] for p in report["peers"] if p["result"] != "ok"]
+        result["failed_peers"] = [p["peer"] for p in answer["peers"] if p["result"] != "ok"]
         path = f"{DATA_ROOT}/{name}"
     result["seconds"] = round(seconds, 2) if seconds is not None else None
     result["complete"] = seconds is not None and held_everywhere(remote, nodes, path, digest)
@@ -442,12 +442,7 @@ def save(args, sizes, bound, began, results, updates):
             "sizes": sizes, "mb": args.mb, "rate": args.rate, "runs_per_size": args.runs,
             "lower_bound_s": round(bound, 3), "total_s": round(time.monotonic() - began),
             "runs": results, "republish": updates, "merged": merged}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "swarm.json").write_text(json.dumps(data, indent=1) + "\n")
-    readme = (HERE / "README.md").read_text()
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
-    (HERE / "README.md").write_text(f"{head}{BEGIN}\n{tables(data)}\n{END}{tail}")
+    report.save("swarm", data, tables(data))
     plot(data, HERE / "swarm.png")
 
 
