@@ -32,7 +32,7 @@ def test_a_held_replica_makes_a_waiter_give_up_naming_the_holder(cfg):
         with pytest.raises(replica.Busy, match=r"stayed busy for 0.3 s \(held by round of "
                                                r"node1 with node2, pid \d+"):
             replica.acquire(cfg, root, "session from node3", 0.3)
-        assert 0.2 <= time.monotonic() - started < 2
+        assert 0.2 <= time.monotonic() - started < 10  # gives up; slack for a loaded machine
     with replica.held(cfg, root, "session from node3", 0):
         pass
 
