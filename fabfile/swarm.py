@@ -23,8 +23,6 @@ STATUS = "replimesh swarm status --json"
 REFRESH_S = 1.0      # the live view, and how often each node is asked
 PLAIN_EVERY_S = 5.0  # not a terminal (a log, CI): a block of plain lines this often
 STALE_S = 10.0       # a node whose last answer is older than this is shown as not answering
-SETTLE_S = 2.0       # "all complete" must hold this long: a status written just before
-                     # the daemon took a new offer can show an older copy as "kept"
 BAR_WIDTH = 16
 ASKING = "asking..."
 DONE = ("complete", "kept")
@@ -144,22 +142,20 @@ class Poller:
 
 def watch(hosts: list[Host], user: str, infohash: str, path: str, timeout: int,
           out) -> dict[str, dict | str]:
-    """Show every node's progress on the file until all hold it (for SETTLE_S) or the
-    timeout passes; the last readings. A terminal gets one view redrawn in place, anything
-    else a block of plain lines every PLAIN_EVERY_S, and the final one."""
+    """Show every node's progress on the file until all hold it (each node's status names
+    the exact version: "kept" is the published one, unchanged) or the timeout passes; the
+    last readings. A terminal gets one view redrawn in place, anything else a block of
+    plain lines every PLAIN_EVERY_S, and the final one."""
     names = [h.name for h in hosts]
     poller = Poller(hosts, user).start()
     terminal = out.isatty()
     began = time.monotonic()
-    shown, printed_at, all_done_since = 0, None, None
+    shown, printed_at = 0, None
     try:
         while True:
             now = time.monotonic()
             readings = poller.readings()
-            waiting = pending(readings, infohash)
-            all_done_since = None if waiting else (all_done_since or now)
-            settled = all_done_since is not None and now - all_done_since >= SETTLE_S
-            finished = settled or now - began >= timeout
+            finished = not pending(readings, infohash) or now - began >= timeout
             lines = progress_lines(names, readings, infohash, path, now - began)
             if terminal:  # redrawn in place: lines cut to the width, so none wraps
                 width = shutil.get_terminal_size().columns - 1
