@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from plugins.module_utils.replimesh import config, conflicts
+from plugins.module_utils.replimesh import config, conflicts, unison
 
 T0 = 1795000000.0  # 2026-11-18T11:06:40Z
+DONE = unison.Session(unison.EXIT_OK)
 
 
 def test_copy_name_says_which_node_and_when():
@@ -51,6 +52,7 @@ class Mirror:
                 self._copy(there, here)
             else:
                 self._copy(here, there)
+        return DONE
 
     @staticmethod
     def _copy(source, target):
@@ -125,6 +127,7 @@ def test_the_local_version_is_kept_even_if_unison_replaces_the_file(tmp_path):
             (local / ".tmp").write_text("theirs")
             os.utime(local / ".tmp", (T0, T0))
             os.replace(local / ".tmp", local / "a.txt")
+        return DONE
     conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"], replace_by_rename)
     assert contents(local) == {"a.txt": "ours", "a.conflict-node2-20261118T110640Z.txt": "theirs"}
 
@@ -140,5 +143,6 @@ def test_a_conflicting_folder_is_kept_whole(tmp_path):
     def session(extra):  # what the first session would send along
         if "-prefer" in extra:
             seen.append((local / f"dir.conflict-node1-{stamp}" / "x").read_text())
+        return DONE
     conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["dir"], session)
     assert seen == ["ours"]

@@ -227,7 +227,9 @@ def test_answer_exchange_takes_the_peers_list_and_answers_with_the_merge(node):
 
 
 @pytest.mark.parametrize("sent, needle", [
-    ("x" * (membership.MAX_LIST_BYTES + 1), "peer list from node2 is larger than 4194304 bytes"),
+    ("x" * (membership.MAX_EXCHANGE_BYTES + 1),
+     "peer list from node2 is larger than 33554432 bytes"),
+    ("[" * 100_000, "peer list from node2 is nested too deeply"),
     ("{not json", "peer list from node2 is not JSON: "),
     ('{"peers": []}', "peer list from node2: expected an object"),
 ])
@@ -238,7 +240,7 @@ def test_parse_sent_refuses_what_is_not_a_list(sent, needle):
 
 def test_parse_sent_takes_a_list_at_the_size_limit():
     text_ = peer_list.dumps(signed(PEERS))
-    padded = text_ + " " * (membership.MAX_LIST_BYTES - len(text_))
+    padded = text_ + " " * (membership.MAX_EXCHANGE_BYTES - len(text_))
     assert membership.parse_sent(padded, "node2") == signed(PEERS)
 
 
@@ -249,9 +251,10 @@ def test_exchange_sends_my_list_and_takes_the_answer(node, tmp_path):
                                   f"cat {answer}\n")
     cfg = replace(node, ssh=ssh, ssh_port=2222)
     mine = text(cfg.peers_file)
-    outcome = membership.exchange(cfg, "127.0.0.2")
+    outcome = membership.exchange(cfg, "127.0.0.2", {"history": {"/r": []}})
     assert outcome.changed == ["node3"]
-    assert text(tmp_path / "sent") == mine
+    assert json.loads(text(tmp_path / "sent")) == {**json.loads(mine), "history": {"/r": []}}
+    assert outcome.answer == json.loads(text(answer))
     assert text(tmp_path / "argv").split() == [
         "-o", "ConnectTimeout=1", "-p", "2222", "replimesh@127.0.0.2", "replimesh", "peers",
         "exchange"]

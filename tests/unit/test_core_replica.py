@@ -122,7 +122,7 @@ def test_the_backup_area_is_not_counted(cfg):
 def test_a_damaged_record_means_no_guard(cfg):
     fill(cfg.roots[0], 20)
     replica.record(cfg, cfg.roots[0])
-    with open(replica._path(cfg, cfg.roots[0], "json"), "w", encoding="utf-8") as out:
+    with open(replica.file_path(cfg, cfg.roots[0], "json"), "w", encoding="utf-8") as out:
         out.write("{broken")
     assert replica.recorded_files(cfg, cfg.roots[0]) is None
 

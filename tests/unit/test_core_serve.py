@@ -209,6 +209,6 @@ def test_a_failed_exchange_exits_one_and_is_logged(cfg, monkeypatch, capsys):
 
 def test_an_exchange_reads_no_more_than_the_limit(cfg, monkeypatch, capsys):
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", membership.EXCHANGE)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(" " * (membership.MAX_LIST_BYTES + 10)))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(" " * (membership.MAX_EXCHANGE_BYTES + 10)))
     assert serve.serve(cfg, "node2") == 1
     assert "is larger than" in capsys.readouterr().err

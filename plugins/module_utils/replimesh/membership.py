@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from . import journal, signature
 from . import peers as peer_list
@@ -26,7 +27,9 @@ from .peers import Entry, Peers
 
 LOG = "peers.log"
 EXCHANGE = "replimesh peers exchange"   # what a peer asks `replimesh serve` to run
-MAX_LIST_BYTES = 4 << 20                # a peer list of thousands of nodes still fits
+# What one side of an exchange may send: a peer list of thousands of nodes and the
+# replicas' histories (bounded on their own, history.MAX_RECORDS) still fit.
+MAX_EXCHANGE_BYTES = 32 << 20
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Accepted:
     ignored: list[str] = field(default_factory=list)   # bad signature: not taken
     before: Peers = field(default_factory=dict)
     after: Peers = field(default_factory=dict)
+    answer: dict = field(default_factory=dict)   # the peer's whole answer to an exchange
 
 
 def load(cfg: Config) -> Peers:
@@ -127,10 +131,12 @@ def _others(cfg: Config, peers: Peers) -> list[Entry]:
             if peers[name].active and name != cfg.node]
 
 
-def exchange(cfg: Config, address: str) -> Accepted:
+def exchange(cfg: Config, address: str, attach: dict | None = None) -> Accepted:
     """Swap lists with the peer at address over SSH (its `replimesh serve`) and take in
-    what it sent back; raises ConfigError saying why when the exchange did not happen."""
-    mine = peer_list.dumps(load(cfg))
+    what it sent back; attach: more fields to send along (the replicas' histories), the
+    peer's are in the result's answer. Raises ConfigError saying why when the exchange
+    did not happen."""
+    mine = json.dumps({**peer_list.to_json(load(cfg)), **(attach or {})}, sort_keys=True)
     argv = [cfg.ssh, "-o", f"ConnectTimeout={cfg.connect_timeout}", "-p", str(cfg.ssh_port),
             f"{cfg.user}@{address}", EXCHANGE]
     try:
@@ -141,23 +147,36 @@ def exchange(cfg: Config, address: str) -> Accepted:
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         raise ConfigError(f"peer list not exchanged: {why}")
-    return accept(cfg, parse_sent(done.stdout, address), address)
+    answer = read_sent(done.stdout, address)
+    outcome = accept(cfg, peer_list.parse(answer, f"peer list from {address}"), address)
+    outcome.answer = answer
+    return outcome
 
 
-def answer_exchange(cfg: Config, peer: str, sent: str) -> str:
-    """The serving side of an exchange: take in the peer's list, answer with ours."""
-    outcome = accept(cfg, parse_sent(sent, peer), peer)
-    return peer_list.dumps(outcome.after)
+def answer_exchange(cfg: Config, peer: str, sent: str,
+                    more: Callable[[dict], dict] | None = None) -> str:
+    """The serving side of an exchange: take in the peer's list, answer with ours; more
+    (given what the peer sent) adds fields of its own to the answer."""
+    data = read_sent(sent, peer)
+    outcome = accept(cfg, peer_list.parse(data, f"peer list from {peer}"), peer)
+    extra = more(data) if more else {}
+    return json.dumps({**peer_list.to_json(outcome.after), **extra}, sort_keys=True) + "\n"
 
 
 def parse_sent(text: str, source: str) -> Peers:
-    if len(text) > MAX_LIST_BYTES:
-        raise ConfigError(f"peer list from {source} is larger than {MAX_LIST_BYTES} bytes")
+    return peer_list.parse(read_sent(text, source), f"peer list from {source}")
+
+
+def read_sent(text: str, source: str) -> Any:
+    """What a peer (or a file) sent, as JSON: bounded, and never a traceback."""
+    if len(text) > MAX_EXCHANGE_BYTES:
+        raise ConfigError(f"peer list from {source} is larger than {MAX_EXCHANGE_BYTES} bytes")
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as error:
         raise ConfigError(f"peer list from {source} is not JSON: {error}") from None
-    return peer_list.parse(data, f"peer list from {source}")
+    except RecursionError:
+        raise ConfigError(f"peer list from {source} is nested too deeply") from None
 
 
 @contextmanager

@@ -27,12 +27,12 @@ import random
 import time
 from collections.abc import Iterator
 
-from . import state
+from . import state, tree
 from .config import Config
 from .errors import ReplimeshError
 
 # Where Unison moves what a sync deletes or overwrites, inside each root (never synced).
-BACKUP_DIR = ".replimesh-backup"
+BACKUP_DIR = tree.BACKUP_DIR
 # Below this many lost files, a partial loss is not a wiped disk (an emptied root is).
 GUARD_MIN_FILES = 10
 
@@ -41,13 +41,14 @@ class Busy(ReplimeshError):
     """Another session held the replica for longer than the wait allowed."""
 
 
-def _path(cfg: Config, root: str, suffix: str) -> str:
+def file_path(cfg: Config, root: str, suffix: str) -> str:
+    """The replica's file of that suffix in replica_dir (lock, guard record, history...)."""
     digest = hashlib.sha256(root.encode()).hexdigest()[:16]
     return os.path.join(cfg.replica_dir, f"replica-{digest}.{suffix}")
 
 
 def lock_path(cfg: Config, root: str) -> str:
-    return _path(cfg, root, "lock")
+    return file_path(cfg, root, "lock")
 
 
 @contextlib.contextmanager
@@ -113,30 +114,32 @@ def count_files(root: str) -> int:
 def recorded_files(cfg: Config, root: str) -> int | None:
     """The file count recorded at the end of the replica's last session, if any."""
     try:
-        with open(_path(cfg, root, "json"), encoding="utf-8") as handle:
+        with open(file_path(cfg, root, "json"), encoding="utf-8") as handle:
             files = json.load(handle).get("files")
     except (OSError, ValueError, AttributeError):
         return None
     return files if isinstance(files, int) and not isinstance(files, bool) else None
 
 
-def record(cfg: Config, root: str) -> None:
-    """Record the replica's file count; the caller holds its lock."""
+def record(cfg: Config, root: str, files: int | None = None) -> None:
+    """Record the replica's file count (counted now unless given); the caller holds its
+    lock."""
     os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
-    state.write_json(_path(cfg, root, "json"),
-                     {"root": root, "files": count_files(root), "at": int(time.time())})
+    files = count_files(root) if files is None else files
+    state.write_json(file_path(cfg, root, "json"),
+                     {"root": root, "files": files, "at": int(time.time())})
 
 
-def check(cfg: Config, root: str) -> str:
+def check(cfg: Config, root: str, files: int | None = None) -> str:
     """Why this replica must not be synced now ("" when it may): it does not exist, or it
-    lost too many files since its last session."""
+    lost too many files since its last session (files: its count now, if known)."""
     if not os.path.isdir(root):
         return (f"root {root} does not exist on {cfg.node} (disk not mounted?): not synced; "
                 "mount it or create it")
     before = recorded_files(cfg, root)
     if not before:
         return ""
-    now = count_files(root)
+    now = count_files(root) if files is None else files
     lost = before - now
     if lost > 0 and lost > cfg.max_delete_share * before and (now == 0 or lost >= GUARD_MIN_FILES):
         return (f"deletion guard: {root} on {cfg.node} holds {now} files, {before} after its "
@@ -144,6 +147,19 @@ def check(cfg: Config, root: str) -> str:
                 "do not spread; if they are intended, run `replimesh sync --allow-deletions` "
                 f"on {cfg.node}")
     return ""
+
+
+def to_backup(root: str, relative: str) -> str:
+    """Move a file of the replica into its backup area, where Unison puts what a sync
+    deletes (a name already taken there gets a numbered one); the new path."""
+    target = os.path.join(root, BACKUP_DIR, relative)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    candidate, number = target, 1
+    while os.path.lexists(candidate):
+        candidate = f"{target}.{number}"
+        number += 1
+    os.rename(os.path.join(root, relative), candidate)
+    return candidate
 
 
 def prune_backups(cfg: Config, root: str, now: float | None = None) -> int:

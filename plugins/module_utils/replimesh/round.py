@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import conflicts, membership, replica, state, swarm_mesh, unison
+from . import conflicts, membership, replica, replica_history, state, swarm_mesh, unison
 from . import peers as peer_list
 from .config import Config
 from .errors import ConfigError, ReplimeshError
@@ -123,11 +123,12 @@ def merge(first: PeerResult, again: PeerResult) -> None:
 
 
 def accept_deletions(cfg: Config) -> None:
-    """Take every existing root as it is now as the guard's reference."""
+    """Take every existing root as it is now: its losses are deletions to spread, and
+    its count is the guard's reference."""
     for root in cfg.roots:
         if os.path.isdir(root):
             with replica.held(cfg, root, f"{cfg.node} accepting deletions", cfg.lock_wait):
-                replica.record(cfg, root)
+                replica_history.observe(cfg, root, guard=False)
 
 
 def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
@@ -157,8 +158,12 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
     result = PeerResult(peer.name, address, OK, 0.0)
     problems = []
     if exchange:
+        for root in roots:  # what was deleted here goes out with the exchange
+            replica_history.observe_if_free(cfg, root)
         try:
-            taken = membership.exchange(cfg, address)
+            taken = membership.exchange(cfg, address, replica_history.attach(cfg))
+            _, history_problems = replica_history.take(cfg, taken.answer, peer.name)
+            problems += history_problems
             result.learned = taken.changed
             _refuse_if_removed(cfg, taken.after)  # the peer would refuse the sessions
             if taken.ignored:
@@ -191,8 +196,8 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
                       f"{', '.join(session.failed[:3])})" if session.failed else "")
             problems.append(f"{root}: {session.error}{failed}")
         elif outcome.settled:
-            problems.append(f"{root}: {len(outcome.settled)} conflict(s) settled, both "
-                            "versions kept: " + "; ".join(result.settled[:3]))
+            problems.append(f"{root}: {len(outcome.settled)} conflict(s) settled: "
+                            + "; ".join(s.describe() for s in outcome.settled[:3]))
         elif session.conflicts:
             problems.append(f"{root}: {len(session.conflicts)} conflict(s) left as they are "
                             f"(policy {cfg.conflict_policy}): " + ", ".join(session.conflicts[:3]))
@@ -225,8 +230,8 @@ def sync_root(cfg: Config, peer: str, address: str, root: str,
     while True:
         try:
             with replica.held(cfg, root, f"round of {cfg.node} with {peer}",
-                              max(0.0, deadline - time.monotonic())):
-                outcome = _sync_root_locked(cfg, peer, address, root, extra)
+                              max(0.0, deadline - time.monotonic())) as lock:
+                outcome = _sync_root_locked(cfg, peer, address, root, extra, lock)
         except replica.Busy as busy:
             return RootOutcome(unison.Session(unison.EXIT_FATAL, error=str(busy)))
         if not outcome.session.busy:
@@ -240,15 +245,16 @@ def sync_root(cfg: Config, peer: str, address: str, root: str,
 
 
 def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
-                      extra: tuple[str, ...]) -> RootOutcome:
-    refusal = replica.check(cfg, root)
-    if refusal:  # never sync a root that looks wiped or unmounted
-        return RootOutcome(unison.Session(unison.EXIT_FATAL, error=refusal))
+                      extra: tuple[str, ...], lock: int) -> RootOutcome:
+    observed = replica_history.observe(cfg, root)
+    if observed.refusal:  # never sync a root that looks wiped or unmounted
+        return RootOutcome(unison.Session(unison.EXIT_FATAL, error=observed.refusal))
+    replica_history.apply(cfg, root, observed)
     replica.prune_backups(cfg, root)
     outcome = RootOutcome(unison.Session(unison.EXIT_OK))
 
     def session(more: tuple[str, ...] = ()) -> unison.Session:
-        done = unison.run(cfg, root, address, (*extra, *more))
+        done = unison.run(cfg, root, address, (*extra, *more), lock=lock)
         outcome.sessions += 1
         outcome.files += len(done.transferred)
         outcome.bytes += transferred_bytes(root, done.transferred)
@@ -262,9 +268,11 @@ def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
         return outcome
     if outcome.session.conflicts and cfg.conflict_policy != conflicts.KEEP_BOTH:
         remote_root = unison.command(cfg, root, address)[2]
-        outcome.settled = conflicts.settle(cfg, root, peer, remote_root,
-                                           outcome.session.conflicts, session)
-    replica.record(cfg, root)
+        known = replica_history.load(cfg, root)
+        outcome.settled = conflicts.settle(
+            cfg, root, peer, remote_root, outcome.session.conflicts, session,
+            dead=lambda path: replica_history.dead(cfg, root, path, known))
+    replica_history.observe(cfg, root, guard=False)  # what came in is known, not news
     return outcome
 
 

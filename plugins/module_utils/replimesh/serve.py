@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 
-from . import journal, membership, replica, swarm_mesh, unison
+from . import children, journal, membership, replica, replica_history, swarm_mesh, unison
 from .config import Config
 from .errors import ConfigError
 
@@ -83,8 +83,9 @@ def serve(cfg: Config, peer: str) -> int:
 
 def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
     """Run the Unison server for a peer's session on root, holding the replica's lock
-    until it exits (the server inherits it too); then record the replica's size for the
-    deletion guard."""
+    until it exits (the server inherits it too, and dies with this process). Before, the
+    replica is observed (the deletion guard, what was deleted here) and what the mesh's
+    history says was deleted is deleted here too; after, what came in is observed."""
     try:
         fd = replica.acquire(cfg, root, f"session from {peer}", LOCK_WAIT_S)
     except replica.Busy as busy:
@@ -92,24 +93,35 @@ def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
         print(f"{unison.BUSY}{busy}", file=sys.stderr)
         return EXIT_BUSY
     try:
-        refusal = replica.check(cfg, root)
-        if refusal:
-            journal.append(cfg, LOG, f"refused {peer}: {refusal}")
-            print(f"{unison.REFUSED}{refusal}", file=sys.stderr)
+        observed = replica_history.observe(cfg, root)
+        if observed.refusal:
+            journal.append(cfg, LOG, f"refused {peer}: {observed.refusal}")
+            print(f"{unison.REFUSED}{observed.refusal}", file=sys.stderr)
             return 1
+        applied = replica_history.apply(cfg, root, observed)
+        if applied:
+            journal.append(cfg, LOG, f"deleted {len(applied)} path(s) of {root} that the "
+                                     f"mesh deleted, into the backup area")
         journal.append(cfg, LOG, f"accepted {peer}: {' '.join(argv[1:])} on {root}")
         code = subprocess.run(argv, cwd="/", env=unison.environment(cfg), pass_fds=(fd,),
-                              check=False).returncode
-        replica.record(cfg, root)
+                              preexec_fn=children.tied(), check=False).returncode
+        replica_history.observe(cfg, root, guard=False)
         return code
     finally:
         os.close(fd)
 
 
 def _exchange(cfg: Config, peer: str) -> int:
+    def histories(sent: dict) -> dict:
+        for root in cfg.roots:  # what was deleted here goes out in the answer
+            replica_history.observe_if_free(cfg, root)
+        _, problems = replica_history.take(cfg, sent, peer)
+        for problem in problems:
+            journal.append(cfg, LOG, f"exchange with {peer}: {problem}")
+        return replica_history.attach(cfg)
     try:
-        answer = membership.answer_exchange(cfg, peer,
-                                            sys.stdin.read(membership.MAX_LIST_BYTES + 1))
+        answer = membership.answer_exchange(
+            cfg, peer, sys.stdin.read(membership.MAX_EXCHANGE_BYTES + 1), histories)
     except ConfigError as error:
         journal.append(cfg, LOG, f"exchange with {peer} failed: {error}")
         print(f"replimesh: {error}", file=sys.stderr)

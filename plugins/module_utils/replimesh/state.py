@@ -37,6 +37,15 @@ def record(path: str, node: str, finished_at: str, results: list[dict[str, Any]]
     write_json(path, state)
 
 
+def read_json(path: str) -> Any:
+    """A JSON file written by write_json; None when it is absent or damaged."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def write_json(path: str, data: Any) -> None:
     """Write through a temporary file in the same folder, then rename: never half a file."""
     folder = os.path.dirname(path) or "."

@@ -15,6 +15,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
+from . import children
 from .config import Config
 from .replica import BACKUP_DIR
 
@@ -70,12 +71,17 @@ def command(cfg: Config, root: str, address: str, extra: tuple[str, ...] = ()) -
             "-ignore", f"Path {BACKUP_DIR}", *extra]
 
 
-def run(cfg: Config, root: str, address: str, extra: tuple[str, ...] = ()) -> Session:
-    """Run one session, stopped after cfg.session_timeout seconds."""
+def run(cfg: Config, root: str, address: str, extra: tuple[str, ...] = (),
+        lock: int | None = None) -> Session:
+    """Run one session, stopped after cfg.session_timeout seconds. lock: the descriptor
+    of the replica's lock, which Unison holds too, so that the replica stays locked for
+    as long as it runs; and it dies with this process (a killed round ends its session)."""
     process = subprocess.Popen(command(cfg, root, address, extra), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, errors="replace", start_new_session=True,
-                               cwd="/", env=environment(cfg))
+                               cwd="/", env=environment(cfg),
+                               pass_fds=() if lock is None else (lock,),
+                               preexec_fn=children.tied())
     try:
         output, _ = process.communicate(timeout=cfg.session_timeout)
     except subprocess.TimeoutExpired:

@@ -1,0 +1,184 @@
+"""A replica's mesh-wide history on this node (see history.py): what this node saw go,
+the records heard from peers, and the deletions they call for, carried out.
+
+Files in replica_dir, per root: the index of the last walk (`.index.json`, written under
+the replica's lock only) and the history (`.history.json`, written under its own lock,
+since the peer-list exchange merges peers' records without the replica's lock).
+Both only ever lose history when damaged (a deleted file may then come back): they are
+started afresh, never a reason to stop syncing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import history, replica, state, tree
+from .config import Config
+from .errors import ConfigError
+from .history import DELETED, REPLACED, Fate, History
+
+KEY = "history"   # the exchange's field: {root: records}
+
+
+@dataclass
+class Observed:
+    walk: tree.Walk
+    refusal: str = ""                     # why the replica must not be synced ("" if it may)
+    seen_go: int = 0                      # versions recorded as gone by this walk
+    applied: list[str] = field(default_factory=list)   # paths deleted by the history
+
+
+def observe(cfg: Config, root: str, guard: bool = True) -> Observed:
+    """Walk the replica (the caller holds its lock): record the versions that went since
+    the last walk as this node's, and the file count for the deletion guard. With guard,
+    a replica that looks wiped records nothing (its losses are not deletions to spread)
+    and says why in refusal."""
+    previous = load_index(cfg, root)
+    walk = tree.walk(root, previous)
+    refusal = replica.check(cfg, root, walk.files) if guard else ""
+    if refusal:
+        return Observed(walk, refusal)
+    now = int(time.time())
+    seen: History = {v: Fate(DELETED, now, cfg.node) for v in walk.gone}
+    seen.update({v: Fate(REPLACED, now, cfg.node) for v in walk.replaced})
+    if seen:
+        add(cfg, root, seen)
+    _save_index(cfg, root, walk.index)
+    replica.record(cfg, root, walk.files)
+    return Observed(walk, seen_go=len(seen))
+
+
+def apply(cfg: Config, root: str, observed: Observed) -> list[str]:
+    """Delete (into the backup area) what the replica still holds of the versions the
+    history says were deleted; folders only once empty, and only those that held nothing
+    newer than the deletion. The caller holds the replica's lock; the index and the
+    guard's count follow."""
+    index = observed.walk.index
+    removed: list[str] = []
+    emptied: set[str] = set()
+    for version, fate in history.deletions(load(cfg, root)):
+        entry = index.get(version.path)
+        if entry is None or tree.version(version.path, entry) != version:
+            continue
+        path = os.path.join(root, version.path)
+        try:
+            if entry[0] == tree.FOLDER:
+                if os.listdir(path) or (version.path not in emptied
+                                        and os.lstat(path).st_mtime > fate.time):
+                    continue  # something inside, or made again after the deletion
+                os.rmdir(path)
+            elif tree.current(root, version.path) == version:  # not changed since the walk
+                replica.to_backup(root, version.path)
+            else:
+                continue
+        except OSError:
+            continue  # changed under our feet: the next session looks again
+        del index[version.path]
+        removed.append(version.path)
+        emptied.add(os.path.dirname(version.path))
+    if removed:
+        _save_index(cfg, root, index)
+        observed.walk.files = sum(1 for e in index.values() if e[0] != tree.FOLDER)
+        replica.record(cfg, root, observed.walk.files)
+    observed.applied = removed
+    return removed
+
+
+def dead(cfg: Config, root: str, relative: str, known: History | None = None) -> bool:
+    """Whether the version relative holds now is one that some node saw go."""
+    version = tree.current(root, relative)
+    return version is not None and version in (load(cfg, root) if known is None else known)
+
+
+# The history file and its lock.
+
+def load(cfg: Config, root: str) -> History:
+    data = _read(_path(cfg, root, "history.json"))
+    try:
+        return history.parse(data.get("records", []), "history", time.time())
+    except ConfigError:
+        return {}
+
+
+def add(cfg: Config, root: str, records: History) -> History:
+    """Merge records into the replica's history; what was new in them."""
+    with _locked(cfg, root):
+        mine = load(cfg, root)
+        new = history.newer(mine, records)
+        merged = history.expire(history.merge(mine, new), time.time(), cfg.backup_days)
+        if new or len(merged) != len(mine):
+            state.write_json(_path(cfg, root, "history.json"),
+                             {"root": root, "records": history.to_json(merged)})
+    return new
+
+
+def attach(cfg: Config) -> dict:
+    """What this node sends with the peer-list exchange: every replica's history."""
+    return {KEY: {root: history.to_json(load(cfg, root)) for root in cfg.roots}}
+
+
+def take(cfg: Config, sent: dict, source: str) -> tuple[int, list[str]]:
+    """Merge the histories a peer sent with the exchange: (records new here, problems).
+    A peer that sends none (an older replimesh) changes nothing."""
+    histories = sent.get(KEY, {})
+    if not isinstance(histories, dict):
+        return 0, [f"history from {source} is not an object: ignored"]
+    new, problems = 0, []
+    for root in cfg.roots:
+        try:
+            records = history.parse(histories.get(root, []), f"history of {root} from "
+                                                             f"{source}", time.time())
+        except ConfigError as error:
+            problems.append(f"{error}: ignored")
+            continue
+        new += len(add(cfg, root, records))
+    return new, problems
+
+
+def observe_if_free(cfg: Config, root: str) -> None:
+    """Observe the replica if no session holds it (the serving side of an exchange, so
+    that what was deleted here goes out in the answer); else the next exchange tells."""
+    if not os.path.isdir(root):
+        return
+    try:
+        with replica.held(cfg, root, "peer-list exchange", 0.0):
+            observe(cfg, root)
+    except replica.Busy:
+        pass
+
+
+# Files.
+
+def load_index(cfg: Config, root: str) -> tree.Index:
+    index = _read(_path(cfg, root, "index.json")).get("index", {})
+    return index if isinstance(index, dict) else {}
+
+
+def _save_index(cfg: Config, root: str, index: tree.Index) -> None:
+    state.write_json(_path(cfg, root, "index.json"), {"root": root, "index": index})
+
+
+def _read(path: str) -> dict:
+    data = state.read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def _path(cfg: Config, root: str, suffix: str) -> str:
+    return replica.file_path(cfg, root, suffix)
+
+
+@contextlib.contextmanager
+def _locked(cfg: Config, root: str) -> Iterator[None]:
+    os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
+    fd = os.open(_path(cfg, root, "history.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

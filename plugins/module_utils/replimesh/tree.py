@@ -1,0 +1,109 @@
+"""What a replica holds: one walk of the root, each entry with the version it holds.
+
+The walk keeps an index (path -> kind, stat fingerprint, digest) from one walk to the
+next, so a file is hashed again only when its size, times or inode changed; the diff of
+two walks says which versions this node saw go (deleted, or replaced by another).
+The backup area and Unison's temporary files are left out: they are never synced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+
+from .history import DIRECTORY, Version
+
+BACKUP_DIR = ".replimesh-backup"
+UNISON_TEMP = ".unison."   # Unison writes a file as .unison.NAME.*.unison.tmp, then renames
+FILE, LINK, FOLDER = "f", "l", "d"
+_CHUNK = 1 << 20
+
+# path -> [kind, size, mtime_ns, ctime_ns, inode, digest]
+Index = dict[str, list]
+
+
+@dataclass
+class Walk:
+    index: Index
+    files: int = 0       # regular files and symlinks (what the deletion guard counts)
+    gone: list[Version] = field(default_factory=list)       # held before, not now
+    replaced: list[Version] = field(default_factory=list)   # held before, another now
+
+
+def version(path: str, entry: list) -> Version:
+    """The version an index entry holds."""
+    kind, _, mtime_ns, _, _, digest = entry
+    return Version(path, digest, 0 if kind == FOLDER else mtime_ns // 1_000_000_000)
+
+
+def walk(root: str, previous: Index) -> Walk:
+    """Walk root; hash what changed since previous; diff the two."""
+    index: Index = {}
+    files = 0
+    for folder, folders, names in os.walk(root):
+        relative = os.path.relpath(folder, root)
+        prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+        if not prefix and BACKUP_DIR in folders:
+            folders.remove(BACKUP_DIR)
+        for name in folders + names:
+            if name.startswith(UNISON_TEMP):
+                continue
+            path = prefix + name
+            entry = _entry(os.path.join(folder, name), previous.get(path))
+            if entry is None:
+                continue
+            index[path] = entry
+            if entry[0] != FOLDER:
+                files += 1
+    done = Walk(index, files)
+    for path, before in previous.items():
+        now = index.get(path)
+        if now is None:
+            done.gone.append(version(path, before))
+        elif version(path, now) != version(path, before):
+            done.replaced.append(version(path, before))
+    return done
+
+
+def _entry(path: str, before: list | None) -> list | None:
+    """[kind, size, mtime_ns, ctime_ns, inode, digest] of path; None if it is gone, or is
+    not a file, symlink or folder."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(status.st_mode):
+        return [FOLDER, 0, 0, 0, status.st_ino, DIRECTORY]
+    if stat.S_ISLNK(status.st_mode):
+        kind = LINK
+    elif stat.S_ISREG(status.st_mode):
+        kind = FILE
+    else:
+        return None
+    fingerprint = [kind, status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino]
+    if before is not None and before[:5] == fingerprint:
+        return [*fingerprint, before[5]]
+    try:
+        digest = digest_of(path, kind)
+    except OSError:
+        return None  # gone while read, or unreadable: not a version this node holds
+    return [*fingerprint, digest]
+
+
+def digest_of(path: str, kind: str) -> str:
+    """sha256 of a file's content, or of a symlink's target."""
+    if kind == LINK:
+        return hashlib.sha256(b"link:" + os.fsencode(os.readlink(path))).hexdigest()
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def current(root: str, relative: str) -> Version | None:
+    """The version path holds now (hashed afresh), or None when it holds none."""
+    entry = _entry(os.path.join(root, relative), None)
+    return None if entry is None else version(relative, entry)
