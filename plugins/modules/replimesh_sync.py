@@ -52,6 +52,7 @@ peers:
       files: 3
       bytes: 5120
       conflicts: 0
+      deleted: 0
       learned: [node5]
       message: ""
 unreachable_peers:

@@ -146,3 +146,82 @@ def test_a_conflicting_folder_is_kept_whole(tmp_path):
         return DONE
     conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["dir"], session)
     assert seen == ["ours"]
+
+
+def test_settling_again_reuses_the_copy_an_earlier_attempt_left(tmp_path):
+    """An attempt whose session did not replace the file leaves its copy, a hard link:
+    the next attempt computes the same name and must neither fail nor copy twice."""
+    cfg, mirror = setup(tmp_path, "ours", "theirs", remote_mtime=T0 + 5)
+    local = tmp_path / "local"
+    copy = "a.conflict-node1-20261118T110640Z.txt"
+    os.link(local / "a.txt", local / copy)
+    settled, = conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"], mirror)
+    assert (settled.winner, settled.copy) == ("node2", copy)
+    assert contents(local) == contents(tmp_path / "remote") == {"a.txt": "theirs", copy: "ours"}
+
+
+def test_a_copy_name_taken_by_another_file_gets_a_free_one(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", "theirs", remote_mtime=T0 + 5)
+    local = tmp_path / "local"
+    (local / "a.conflict-node1-20261118T110640Z.txt").write_text("something else")
+    settled, = conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"], mirror)
+    assert settled.copy == "a.conflict-node1-20261118T110640Z-2.txt"
+    assert contents(local)[settled.copy] == "ours"
+    assert contents(local)["a.conflict-node1-20261118T110640Z.txt"] == "something else"
+
+
+def test_a_failed_session_settles_nothing_and_leaves_no_copy(tmp_path):
+    cfg, _ = setup(tmp_path, "ours", "theirs")
+    local = tmp_path / "local"
+    lost = unison.Session(unison.EXIT_FATAL, error="Lost connection with the server")
+    settled, = conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"],
+                                lambda extra: lost)
+    assert settled.note == "not settled: Lost connection with the server"
+    assert contents(local) == {"a.txt": "ours"}
+
+
+def test_a_failed_session_that_replaced_the_file_keeps_the_copy(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", "theirs")
+    local = tmp_path / "local"
+
+    def replaced_then_lost(extra):
+        mirror(extra)
+        return unison.Session(unison.EXIT_FATAL, error="Lost connection with the server")
+    settled, = conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"],
+                                replaced_then_lost)
+    assert settled.copy == "a.conflict-node1-20261118T110640Z.txt"
+    assert contents(local) == {"a.txt": "theirs", settled.copy: "ours"}
+
+
+def old_news(folder, text):
+    """dead(): the version named by its text is one some node saw go."""
+    return lambda path: (folder / path).exists() and (folder / path).read_text() == text
+
+
+def test_an_old_version_here_gives_way_without_a_copy(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", "theirs", local_mtime=T0 + 5)
+    local = tmp_path / "local"
+    settled, = conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"], mirror,
+                                dead=old_news(local, "ours"))
+    assert (settled.winner, settled.copy) == ("node2", "")
+    assert contents(local) == contents(tmp_path / "remote") == {"a.txt": "theirs"}
+
+
+def test_an_old_version_there_gives_way_without_a_copy(tmp_path):
+    cfg, mirror = setup(tmp_path, "ours", "theirs", remote_mtime=T0 + 5)
+    local = tmp_path / "local"
+    settled, = conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"], mirror,
+                                dead=old_news(local, "theirs"))
+    assert (settled.winner, settled.copy) == ("node1", "")
+    assert settled.note == "node2's version was old news"
+    assert contents(local) == contents(tmp_path / "remote") == {"a.txt": "ours"}
+
+
+def test_a_deletion_here_beats_an_old_version_there(tmp_path):
+    cfg, mirror = setup(tmp_path, None, "theirs")
+    local = tmp_path / "local"
+    settled, = conflicts.settle(cfg, str(local), "node2", "ssh://peer", ["a.txt"], mirror,
+                                dead=old_news(local, "theirs"))
+    assert (settled.winner, settled.copy) == ("", "")
+    assert not (local / "a.txt").exists() and not (tmp_path / "remote" / "a.txt").exists()
+    assert (local / ".replimesh-backup" / "a.txt").read_text() == "theirs"

@@ -92,6 +92,8 @@ def _read(path: str) -> str:
 def _peer_line(result: dict) -> str:
     line = (f"{result['peer']:<16} {result['result']:<12} {result['duration']:>7.2f}s "
             f"{result['files']:>6} files {result['bytes']:>12} bytes")
+    if result.get("deleted"):
+        line += f" {result['deleted']} deleted"
     if result.get("conflicts"):
         line += f" {result['conflicts']} conflicts"
     if result.get("learned"):

@@ -38,6 +38,7 @@ MAX_RECORDS = 100_000
 _DIGEST = re.compile(r"^(?:[0-9a-f]{64}|dir)$")
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_PATH = 4096
+MAX_TIME = 2**40
 # A record dated further ahead than this (clocks differ a little) is refused: it would
 # never expire.
 FUTURE_SLACK_S = 86400
@@ -91,14 +92,10 @@ def expire(history: History, now: float, days: float) -> History:
     return kept
 
 
-def fate(history: History, version: Version) -> Fate | None:
-    return history.get(version)
-
-
 def deletions(history: History) -> list[tuple[Version, Fate]]:
     """The deleted versions, deepest paths first (files before the folders that hold them)."""
     found = [(v, f) for v, f in history.items() if f.kind == DELETED]
-    return sorted(found, key=lambda item: (-item[0].path.count("/"), item[0].path),)
+    return sorted(found, key=lambda item: (-item[0].path.count("/"), item[0]))
 
 
 def clean_path(path: Any) -> bool:
@@ -106,6 +103,12 @@ def clean_path(path: Any) -> bool:
     return (isinstance(path, str) and 0 < len(path) <= MAX_PATH and not path.startswith("/")
             and "\0" not in path and "\n" not in path
             and posixpath.normpath(path) == path and path.split("/")[0] != "..")
+
+
+def valid(version: Version) -> bool:
+    """Whether peers take a record of this version (parse_record's checks)."""
+    return (clean_path(version.path) and bool(_DIGEST.match(version.digest))
+            and 0 <= version.mtime < MAX_TIME)
 
 
 def to_json(history: History) -> list[list]:
@@ -136,7 +139,7 @@ def parse_record(item: Any, where: str, now: float) -> tuple[Version, Fate]:
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise ConfigError(f"{where}: digest must be 64 hex digits or \"dir\"")
     for name, value in (("mtime", mtime), ("time", time)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**40:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_TIME:
             raise ConfigError(f"{where}: {name} must be a time in seconds")
     if time > now + FUTURE_SLACK_S:
         raise ConfigError(f"{where}: dated in the future")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 
@@ -160,6 +161,15 @@ def to_backup(root: str, relative: str) -> str:
         number += 1
     os.rename(os.path.join(root, relative), candidate)
     return candidate
+
+
+def remove(path: str) -> None:
+    """Remove a file or a folder with what it holds; gone already is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def prune_backups(cfg: Config, root: str, now: float | None = None) -> int:

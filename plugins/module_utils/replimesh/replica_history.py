@@ -44,12 +44,16 @@ def observe(cfg: Config, root: str, guard: bool = True) -> Observed:
     if refusal:
         return Observed(walk, refusal)
     now = int(time.time())
-    seen: History = {v: Fate(DELETED, now, cfg.node) for v in walk.gone}
-    seen.update({v: Fate(REPLACED, now, cfg.node) for v in walk.replaced})
+    # A version that peers would refuse (a newline in its name, a time before 1970) is
+    # left out of the history.
+    seen: History = {v: Fate(DELETED, now, cfg.node) for v in walk.gone if history.valid(v)}
+    seen.update({v: Fate(REPLACED, now, cfg.node) for v in walk.replaced if history.valid(v)})
     if seen:
         add(cfg, root, seen)
     _save_index(cfg, root, walk.index)
     replica.record(cfg, root, walk.files)
+    for relative in walk.temporary:  # no session runs (we hold the lock): a killed one's
+        replica.remove(os.path.join(root, relative))
     return Observed(walk, seen_go=len(seen))
 
 
@@ -160,6 +164,7 @@ def load_index(cfg: Config, root: str) -> tree.Index:
 
 
 def _save_index(cfg: Config, root: str, index: tree.Index) -> None:
+    os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
     state.write_json(_path(cfg, root, "index.json"), {"root": root, "index": index})
 
 

@@ -39,6 +39,7 @@ class PeerResult:
     message: str = ""
     sessions: int = 0    # Unison sessions run with this peer
     settled: list[str] = field(default_factory=list)  # how each conflict was settled
+    deleted: int = 0     # paths deleted here because another node deleted them (history)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +117,7 @@ def merge(first: PeerResult, again: PeerResult) -> None:
     first.sessions += again.sessions
     first.conflicts += again.conflicts
     first.settled += again.settled
+    first.deleted += again.deleted
     first.duration = round(first.duration + again.duration, 2)
     if again.result != OK:
         first.result = again.result
@@ -190,6 +192,7 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
         result.bytes += outcome.bytes
         result.conflicts += len(outcome.session.conflicts)
         result.settled += [s.describe() for s in outcome.settled]
+        result.deleted += outcome.deleted
         if session.exit_code not in (unison.EXIT_OK, unison.EXIT_SKIPPED):
             result.result = FAILED
             failed = (f" ({len(session.failed)} path(s) failed: "
@@ -218,6 +221,7 @@ class RootOutcome:
     bytes: int = 0
     incoming: int = 0
     settled: list[conflicts.Settled] = field(default_factory=list)
+    deleted: int = 0
 
 
 def sync_root(cfg: Config, peer: str, address: str, root: str,
@@ -249,9 +253,9 @@ def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
     observed = replica_history.observe(cfg, root)
     if observed.refusal:  # never sync a root that looks wiped or unmounted
         return RootOutcome(unison.Session(unison.EXIT_FATAL, error=observed.refusal))
-    replica_history.apply(cfg, root, observed)
-    replica.prune_backups(cfg, root)
     outcome = RootOutcome(unison.Session(unison.EXIT_OK))
+    outcome.deleted = len(replica_history.apply(cfg, root, observed))
+    replica.prune_backups(cfg, root)
 
     def session(more: tuple[str, ...] = ()) -> unison.Session:
         done = unison.run(cfg, root, address, (*extra, *more), lock=lock)

@@ -17,6 +17,7 @@ from .history import DIRECTORY, Version
 
 BACKUP_DIR = ".replimesh-backup"
 UNISON_TEMP = ".unison."   # Unison writes a file as .unison.NAME.*.unison.tmp, then renames
+UNISON_TEMP_END = ".unison.tmp"
 FILE, LINK, FOLDER = "f", "l", "d"
 _CHUNK = 1 << 20
 
@@ -30,6 +31,7 @@ class Walk:
     files: int = 0       # regular files and symlinks (what the deletion guard counts)
     gone: list[Version] = field(default_factory=list)       # held before, not now
     replaced: list[Version] = field(default_factory=list)   # held before, another now
+    temporary: list[str] = field(default_factory=list)      # Unison's temporary files
 
 
 def version(path: str, entry: list) -> Version:
@@ -42,6 +44,7 @@ def walk(root: str, previous: Index) -> Walk:
     """Walk root; hash what changed since previous; diff the two."""
     index: Index = {}
     files = 0
+    temporary = []
     for folder, folders, names in os.walk(root):
         relative = os.path.relpath(folder, root)
         prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
@@ -49,6 +52,8 @@ def walk(root: str, previous: Index) -> Walk:
             folders.remove(BACKUP_DIR)
         for name in folders + names:
             if name.startswith(UNISON_TEMP):
+                if name.endswith(UNISON_TEMP_END):
+                    temporary.append(prefix + name)
                 continue
             path = prefix + name
             entry = _entry(os.path.join(folder, name), previous.get(path))
@@ -57,7 +62,7 @@ def walk(root: str, previous: Index) -> Walk:
             index[path] = entry
             if entry[0] != FOLDER:
                 files += 1
-    done = Walk(index, files)
+    done = Walk(index, files, temporary=temporary)
     for path, before in previous.items():
         now = index.get(path)
         if now is None:
