@@ -182,7 +182,7 @@ def test_a_node_killed_mid_round_leaves_no_lock_behind(lab, nodes):
     running.communicate(timeout=60)
     # node2's session from the dead node ends within sshd's keepalive (6 s here), and
     # with it the lock on node2's replica.
-    lock = f"{HOME}/replicas/replica-*.lock"
+    lock = f"{HOME}/replicas/replica-{'?' * 16}.lock"  # the replica lock, no other
     wait_until(lambda: on(nodes["node2"], f"flock -n {lock} true", check=False).returncode == 0,
                30, "node2's replica lock let go of")
 
@@ -337,3 +337,59 @@ def test_a_new_peer_address_keeps_unisons_archive(lab, nodes):
         assert on(nodes["node1"], f"ls {HOME}/.unison").stdout.split() == archives
     finally:
         on(node2, f"ip addr del {new_address}/24 dev eth0", check=False)
+
+
+def backed_up(node, name):
+    return on(node, f"cat {ROOT}/.replimesh-backup/{name} 2>/dev/null || true").stdout
+
+
+def test_a_deletion_is_not_undone_by_a_pair_that_never_synced_the_file(lab, nodes):
+    """node2 and node3 both got xres.txt from node1, so their pair's Unison archive has
+    no record of it: to Unison alone it is a new file on node3 (the reported bug)."""
+    write(nodes["node1"], "keep.txt", "stays")  # an emptied root is the guard's
+    write(nodes["node1"], "xres.txt", "deleted on node2")
+    assert sync(nodes["node1"])[0] == 0
+    on(nodes["node2"], f"rm {ROOT}/xres.txt")
+    code, peers = sync(nodes["node2"])
+    assert code == 0, peers
+    converged(nodes, {"keep.txt": "stays"})
+    for name in ("node1", "node3", "node4"):
+        assert backed_up(nodes[name], "xres.txt") == "deleted on node2", name
+    # and it stays deleted through every node's next round
+    every_node_syncs(nodes)
+    converged(nodes, {"keep.txt": "stays"})
+
+
+def test_a_relayed_edit_does_not_undo_a_later_deletion(lab, nodes):
+    """node4 renames a file in d034/; node1's round carries the rename to node3; node3
+    then deletes d034/, which every node holds as node3 saw it: the pair (node3, node4)
+    last met before the rename, yet the deletion must stand everywhere."""
+    on(nodes["node1"], f"mkdir {ROOT}/d034 && for f in a b c; do echo $f > {ROOT}/d034/$f; "
+                       f"done; echo k > {ROOT}/keep.txt; chown -R replimesh: {ROOT}")
+    every_node_syncs(nodes)
+    on(nodes["node4"], f"runuser -u replimesh -- mv {ROOT}/d034/a {ROOT}/d034/renamed")
+    assert sync(nodes["node1"])[0] == 0
+    assert on(nodes["node3"], f"ls {ROOT}/d034").stdout.split() == ["b", "c", "renamed"]
+    on(nodes["node3"], f"rm -r {ROOT}/d034")
+    code, peers = sync(nodes["node3"])
+    assert code == 0, peers
+    assert all(not p["settled"] for p in peers.values()), peers
+    converged(nodes, {"keep.txt": "k"})
+    for node in nodes.values():
+        assert names(node) == [".replimesh-backup", "keep.txt"], node.name
+    every_node_syncs(nodes)
+    for node in nodes.values():
+        assert "d034" not in names(node), node.name
+
+
+def test_one_round_of_another_node_spreads_a_deletion_everywhere(lab, nodes):
+    """node3 deletes a file and runs no round; node1's round hears of it from node3 after
+    it synced node2, and goes back to node2 with it: one round converges the mesh."""
+    write(nodes["node1"], "keep.txt", "stays")
+    write(nodes["node4"], "late.txt", "from node4, the last peer of node1")
+    assert sync(nodes["node4"])[0] == 0  # every node holds late.txt, through node4
+    on(nodes["node3"], f"rm {ROOT}/late.txt")
+    code, peers = sync(nodes["node1"])
+    assert code == 0, peers
+    converged(nodes, {"keep.txt": "stays"})
+    assert backed_up(nodes["node2"], "late.txt") == "from node4, the last peer of node1"

@@ -173,10 +173,10 @@ def test_the_exchange_carries_every_replicas_history(cfg, tmp_path):
     sent = replica_history.attach(cfg)
     other = config.parse({"node": "node2", "roots": [root],
                           "replica_dir": str(tmp_path / "other")})
-    assert replica_history.take(other, sent, "node1") == (1, [])
-    assert replica_history.take(other, sent, "node1") == (0, [])
+    assert replica_history.take(other, sent, "node1") == ({root: 1}, [])
+    assert replica_history.take(other, sent, "node1") == ({root: 0}, [])
     assert replica_history.load(other, root) == records(cfg)
-    assert replica_history.take(other, {}, "old-node") == (0, [])  # an older replimesh
+    assert replica_history.take(other, {}, "old-node") == ({root: 0}, [])  # older replimesh
 
 
 @pytest.mark.parametrize("sent, needle", [
@@ -190,7 +190,7 @@ def test_a_hostile_history_is_refused_with_one_line(cfg, sent, needle):
     sent = {"history": {root: sent["history"]["ROOT"]}} if isinstance(
         sent["history"], dict) else sent
     new, problems = replica_history.take(cfg, sent, "node3")
-    assert new == 0 and len(problems) == 1 and needle in problems[0]
+    assert not any(new.values()) and len(problems) == 1 and needle in problems[0]
     assert records(cfg) == {}
 
 
@@ -212,3 +212,20 @@ def test_records_expire_with_the_backup_retention(cfg):
         Version("young", "ab" * 32, 1): Fate(DELETED, now - 86400, "node2")})
     assert [v.path for v in records(cfg)] == ["young"]
     assert history.valid(Version("young", "ab" * 32, 1))
+
+
+def test_a_session_right_after_a_walk_takes_it_unless_the_guard_refused(cfg, monkeypatch):
+    root = cfg.roots[0]
+    for number in range(12):
+        put(root, f"f{number}", str(number))
+    replica_history.observe(cfg, root)
+    walks = []
+    real_walk = tree.walk
+    monkeypatch.setattr(tree, "walk", lambda *a: walks.append(1) or real_walk(*a))
+    assert replica_history.observe(cfg, root, fresh_s=60).walk.files == 12
+    assert walks == []
+    for name in os.listdir(root):
+        os.unlink(os.path.join(root, name))
+    assert replica_history.observe(cfg, root).refusal  # the exchange's walk: wiped
+    assert replica_history.observe(cfg, root, fresh_s=60).refusal  # walked again, refused
+    assert walks == [1, 1]

@@ -2,8 +2,9 @@
 the records heard from peers, and the deletions they call for, carried out.
 
 Files in replica_dir, per root: the index of the last walk (`.index.json`, written under
-the replica's lock only) and the history (`.history.json`, written under its own lock,
-since the peer-list exchange merges peers' records without the replica's lock).
+the replica's lock only), when a walk last passed the deletion guard (`.walked`), and the
+history (`.history.json`, written under its own lock, since the peer-list exchange
+merges peers' records without the replica's lock).
 Both only ever lose history when damaged (a deleted file may then come back): they are
 started afresh, never a reason to stop syncing.
 """
@@ -23,6 +24,9 @@ from .errors import ConfigError
 from .history import DELETED, REPLACED, Fate, History
 
 KEY = "history"   # the exchange's field: {root: records}
+# A session that starts this soon after the exchange's walk of its replica (which passed
+# the deletion guard) takes that walk as it is rather than walk again.
+FRESH_S = 3.0
 
 
 @dataclass
@@ -33,15 +37,22 @@ class Observed:
     applied: list[str] = field(default_factory=list)   # paths deleted by the history
 
 
-def observe(cfg: Config, root: str, guard: bool = True) -> Observed:
+def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0) -> Observed:
     """Walk the replica (the caller holds its lock): record the versions that went since
     the last walk as this node's, and the file count for the deletion guard. With guard,
     a replica that looks wiped records nothing (its losses are not deletions to spread)
-    and says why in refusal."""
+    and says why in refusal. fresh_s: a walk that passed the guard less than that many
+    seconds ago is taken as it is (a session right after the exchange's walk)."""
+    os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
     previous = load_index(cfg, root)
+    if fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s):
+        files = sum(1 for entry in previous.values() if entry[0] != tree.FOLDER)
+        return Observed(tree.Walk(previous, files))
     walk = tree.walk(root, previous)
     refusal = replica.check(cfg, root, walk.files) if guard else ""
     if refusal:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_path(cfg, root, "walked"))  # no later session may skip the guard
         return Observed(walk, refusal)
     now = int(time.time())
     # A version that peers would refuse (a newline in its name, a time before 1970) is
@@ -50,8 +61,12 @@ def observe(cfg: Config, root: str, guard: bool = True) -> Observed:
     seen.update({v: Fate(REPLACED, now, cfg.node) for v in walk.replaced if history.valid(v)})
     if seen:
         add(cfg, root, seen)
-    _save_index(cfg, root, walk.index)
-    replica.record(cfg, root, walk.files)
+    if walk.changed:
+        _save_index(cfg, root, walk.index)
+    with open(_path(cfg, root, "walked"), "w", encoding="utf-8"):
+        pass  # its time: when a walk of the replica last passed the guard
+    if walk.files != replica.recorded_files(cfg, root):
+        replica.record(cfg, root, walk.files)
     for relative in walk.temporary:  # no session runs (we hold the lock): a killed one's
         replica.remove(os.path.join(root, relative))
     return Observed(walk, seen_go=len(seen))
@@ -126,13 +141,13 @@ def attach(cfg: Config) -> dict:
     return {KEY: {root: history.to_json(load(cfg, root)) for root in cfg.roots}}
 
 
-def take(cfg: Config, sent: dict, source: str) -> tuple[int, list[str]]:
-    """Merge the histories a peer sent with the exchange: (records new here, problems).
-    A peer that sends none (an older replimesh) changes nothing."""
+def take(cfg: Config, sent: dict, source: str) -> tuple[dict[str, int], list[str]]:
+    """Merge the histories a peer sent with the exchange: ({root: records new here},
+    problems). A peer that sends none (an older replimesh) changes nothing."""
     histories = sent.get(KEY, {})
     if not isinstance(histories, dict):
-        return 0, [f"history from {source} is not an object: ignored"]
-    new, problems = 0, []
+        return {}, [f"history from {source} is not an object: ignored"]
+    new, problems = {}, []
     for root in cfg.roots:
         try:
             records = history.parse(histories.get(root, []), f"history of {root} from "
@@ -140,7 +155,7 @@ def take(cfg: Config, sent: dict, source: str) -> tuple[int, list[str]]:
         except ConfigError as error:
             problems.append(f"{error}: ignored")
             continue
-        new += len(add(cfg, root, records))
+        new[root] = len(add(cfg, root, records))
     return new, problems
 
 
@@ -164,8 +179,14 @@ def load_index(cfg: Config, root: str) -> tree.Index:
 
 
 def _save_index(cfg: Config, root: str, index: tree.Index) -> None:
-    os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
     state.write_json(_path(cfg, root, "index.json"), {"root": root, "index": index})
+
+
+def _passed_within(cfg: Config, root: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(_path(cfg, root, "walked")).st_mtime < seconds
+    except OSError:
+        return False
 
 
 def _read(path: str) -> dict:

@@ -68,6 +68,7 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
         extra = ("-confirmbigdel=false",)  # Unison's own guard would stop an emptied root
     results: list[PeerResult] = []
     incoming: dict[str, list[int]] = {}  # root -> changes in from each peer, in order
+    histories: dict[str, list[int]] = {}  # root -> history records new from each peer
     while True:
         _refuse_if_removed(cfg, peers)
         done = {r.peer for r in results}
@@ -75,21 +76,28 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
         if not pending:
             break
         came_in: dict[str, int] = {}
-        result = sync_peer(cfg, pending[0], exchange, incoming=came_in, extra=extra)
+        heard: dict[str, int] = {}
+        result = sync_peer(cfg, pending[0], exchange, incoming=came_in, heard=heard,
+                           extra=extra)
         for root in cfg.roots:
             incoming.setdefault(root, []).append(came_in.get(root, 0))
+            histories.setdefault(root, []).append(heard.get(root, 0))
         results.append(result)
         if progress:
             progress(result)
         peers = membership.load(cfg)
     if second_pass:
-        for index, roots in behind(incoming, results).items():
+        news = {root: [a + b for a, b in zip(incoming[root], histories[root])]
+                for root in incoming}
+        for index, roots in behind(news, results).items():
             result = results[index]
             entry = peers.get(result.peer)
             if entry is None or not entry.active:
                 continue
-            again = sync_peer(cfg, entry, exchange=False, roots=roots, address=result.address,
-                              extra=extra)
+            # A peer synced before records it has not heard of came in hears them now.
+            tell = any(n for root in roots for n in histories[root][index + 1:])
+            again = sync_peer(cfg, entry, exchange=exchange and tell, roots=roots,
+                              address=result.address, extra=extra)
             merge(result, again)
             if progress:
                 again.message = "; ".join(m for m in ("second pass", again.message) if m)
@@ -141,10 +149,11 @@ def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
 
 def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
               roots: list[str] | None = None, address: str | None = None,
-              incoming: dict[str, int] | None = None,
+              incoming: dict[str, int] | None = None, heard: dict[str, int] | None = None,
               extra: tuple[str, ...] = ()) -> PeerResult:
     """Sync the roots (all by default) with one peer; note in incoming[root] how many
-    changes came in from it. extra: more Unison arguments for every session."""
+    changes came in from it (deletions the history made here included), in heard[root]
+    how many history records were new. extra: more Unison arguments for every session."""
     started = time.monotonic()
     roots = list(cfg.roots) if roots is None else roots
     if not any(os.path.isdir(root) for root in roots):
@@ -164,8 +173,10 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
             replica_history.observe_if_free(cfg, root)
         try:
             taken = membership.exchange(cfg, address, replica_history.attach(cfg))
-            _, history_problems = replica_history.take(cfg, taken.answer, peer.name)
+            new_records, history_problems = replica_history.take(cfg, taken.answer, peer.name)
             problems += history_problems
+            if heard is not None:
+                heard.update(new_records)
             result.learned = taken.changed
             _refuse_if_removed(cfg, taken.after)  # the peer would refuse the sessions
             if taken.ignored:
@@ -186,7 +197,7 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
         outcome = sync_root(cfg, peer.name, address, root, extra)
         session = outcome.failure or outcome.session
         if incoming is not None:
-            incoming[root] = outcome.incoming
+            incoming[root] = outcome.incoming + outcome.deleted
         result.sessions += outcome.sessions
         result.files += outcome.files
         result.bytes += outcome.bytes
@@ -250,7 +261,7 @@ def sync_root(cfg: Config, peer: str, address: str, root: str,
 
 def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
                       extra: tuple[str, ...], lock: int) -> RootOutcome:
-    observed = replica_history.observe(cfg, root)
+    observed = replica_history.observe(cfg, root, fresh_s=replica_history.FRESH_S)
     if observed.refusal:  # never sync a root that looks wiped or unmounted
         return RootOutcome(unison.Session(unison.EXIT_FATAL, error=observed.refusal))
     outcome = RootOutcome(unison.Session(unison.EXIT_OK))
@@ -276,7 +287,8 @@ def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
         outcome.settled = conflicts.settle(
             cfg, root, peer, remote_root, outcome.session.conflicts, session,
             dead=lambda path: replica_history.dead(cfg, root, path, known))
-    replica_history.observe(cfg, root, guard=False)  # what came in is known, not news
+    if outcome.files or outcome.session.conflicts or outcome.failure:
+        replica_history.observe(cfg, root, guard=False)  # what came in is known, not news
     return outcome
 
 

@@ -93,7 +93,7 @@ def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
         print(f"{unison.BUSY}{busy}", file=sys.stderr)
         return EXIT_BUSY
     try:
-        observed = replica_history.observe(cfg, root)
+        observed = replica_history.observe(cfg, root, fresh_s=replica_history.FRESH_S)
         if observed.refusal:
             journal.append(cfg, LOG, f"refused {peer}: {observed.refusal}")
             print(f"{unison.REFUSED}{observed.refusal}", file=sys.stderr)

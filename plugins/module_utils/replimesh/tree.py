@@ -32,6 +32,7 @@ class Walk:
     gone: list[Version] = field(default_factory=list)       # held before, not now
     replaced: list[Version] = field(default_factory=list)   # held before, another now
     temporary: list[str] = field(default_factory=list)      # Unison's temporary files
+    changed: bool = False   # the index differs from the previous one
 
 
 def version(path: str, entry: list) -> Version:
@@ -42,29 +43,11 @@ def version(path: str, entry: list) -> Version:
 
 def walk(root: str, previous: Index) -> Walk:
     """Walk root; hash what changed since previous; diff the two."""
-    index: Index = {}
-    files = 0
-    temporary = []
-    for folder, folders, names in os.walk(root):
-        relative = os.path.relpath(folder, root)
-        prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-        if not prefix and BACKUP_DIR in folders:
-            folders.remove(BACKUP_DIR)
-        for name in folders + names:
-            if name.startswith(UNISON_TEMP):
-                if name.endswith(UNISON_TEMP_END):
-                    temporary.append(prefix + name)
-                continue
-            path = prefix + name
-            entry = _entry(os.path.join(folder, name), previous.get(path))
-            if entry is None:
-                continue
-            index[path] = entry
-            if entry[0] != FOLDER:
-                files += 1
-    done = Walk(index, files, temporary=temporary)
+    done = Walk({})
+    _walk_folder(root, "", previous, done)
+    done.changed = done.index != previous
     for path, before in previous.items():
-        now = index.get(path)
+        now = done.index.get(path)
         if now is None:
             done.gone.append(version(path, before))
         elif version(path, now) != version(path, before):
@@ -72,11 +55,36 @@ def walk(root: str, previous: Index) -> Walk:
     return done
 
 
-def _entry(path: str, before: list | None) -> list | None:
-    """[kind, size, mtime_ns, ctime_ns, inode, digest] of path; None if it is gone, or is
-    not a file, symlink or folder."""
+def _walk_folder(folder: str, prefix: str, previous: Index, done: Walk) -> None:
     try:
-        status = os.lstat(path)
+        entries = list(os.scandir(folder))
+    except OSError:
+        return  # gone while walked, or unreadable: not held here
+    for item in entries:
+        name = item.name
+        if name.startswith(UNISON_TEMP):
+            if name.endswith(UNISON_TEMP_END):
+                done.temporary.append(prefix + name)
+            continue
+        if not prefix and name == BACKUP_DIR:
+            continue
+        path = prefix + name
+        entry = _entry(item, previous.get(path))
+        if entry is None:
+            continue
+        done.index[path] = entry
+        if entry[0] == FOLDER:
+            _walk_folder(item.path, path + "/", previous, done)
+        else:
+            done.files += 1
+
+
+def _entry(item: os.DirEntry | str, before: list | None) -> list | None:
+    """[kind, size, mtime_ns, ctime_ns, inode, digest] of a folder entry (or a path); None
+    if it is gone, or is not a file, symlink or folder."""
+    try:
+        status = item.stat(follow_symlinks=False) if isinstance(item, os.DirEntry) \
+            else os.lstat(item)
     except OSError:
         return None
     if stat.S_ISDIR(status.st_mode):
@@ -91,7 +99,7 @@ def _entry(path: str, before: list | None) -> list | None:
     if before is not None and before[:5] == fingerprint:
         return [*fingerprint, before[5]]
     try:
-        digest = digest_of(path, kind)
+        digest = digest_of(os.fspath(item), kind)
     except OSError:
         return None  # gone while read, or unreadable: not a version this node holds
     return [*fingerprint, digest]
