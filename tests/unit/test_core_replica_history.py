@@ -229,3 +229,19 @@ def test_a_session_right_after_a_walk_takes_it_unless_the_guard_refused(cfg, mon
     assert replica_history.observe(cfg, root).refusal  # the exchange's walk: wiped
     assert replica_history.observe(cfg, root, fresh_s=60).refusal  # walked again, refused
     assert walks == [1, 1]
+
+
+def test_after_a_session_that_brought_nothing_no_walk_is_needed(cfg, monkeypatch):
+    root = cfg.roots[0]
+    put(root, "d/a", "a")
+    first = tree.walk(root, {})
+    assert tree.settled(root, first.index, first.root_mtime)
+    put(root, "d/b", "b", mtime=T0)  # what Unison brings: a new name in a folder
+    assert not tree.settled(root, first.index, first.root_mtime)
+    second = tree.walk(root, first.index)
+    os.rename(os.path.join(root, "d/b"), os.path.join(root, "b"))
+    assert not tree.settled(root, second.index, second.root_mtime)
+
+    replica_history.observe(cfg, root)
+    monkeypatch.setattr(tree, "walk", lambda *a: pytest.fail("walked again"))
+    assert replica_history.observe(cfg, root, guard=False, after_session=True).walk.files == 2

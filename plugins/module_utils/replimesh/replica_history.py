@@ -37,17 +37,25 @@ class Observed:
     applied: list[str] = field(default_factory=list)   # paths deleted by the history
 
 
-def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0) -> Observed:
+def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
+            after_session: bool = False) -> Observed:
     """Walk the replica (the caller holds its lock): record the versions that went since
     the last walk as this node's, and the file count for the deletion guard. With guard,
     a replica that looks wiped records nothing (its losses are not deletions to spread)
     and says why in refusal. fresh_s: a walk that passed the guard less than that many
-    seconds ago is taken as it is (a session right after the exchange's walk)."""
+    seconds ago is taken as it is (a session right after the exchange's walk).
+    after_session: the last walk is taken as it is if no folder changed since (a session
+    that brought nothing), checked with a stat per folder."""
     os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
-    previous = load_index(cfg, root)
-    if fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s):
+    saved = _read(_path(cfg, root, "index.json"))
+    previous = saved.get("index", {}) if isinstance(saved.get("index"), dict) else {}
+    reuse = fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s)
+    if not reuse and after_session:
+        mtime = saved.get("root_mtime")
+        reuse = isinstance(mtime, int) and tree.settled(root, previous, mtime)
+    if reuse:
         files = sum(1 for entry in previous.values() if entry[0] != tree.FOLDER)
-        return Observed(tree.Walk(previous, files))
+        return Observed(tree.Walk(previous, files, root_mtime=saved.get("root_mtime", 0)))
     walk = tree.walk(root, previous)
     refusal = replica.check(cfg, root, walk.files) if guard else ""
     if refusal:
@@ -61,8 +69,8 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0) -> O
     seen.update({v: Fate(REPLACED, now, cfg.node) for v in walk.replaced if history.valid(v)})
     if seen:
         add(cfg, root, seen)
-    if walk.changed:
-        _save_index(cfg, root, walk.index)
+    if walk.changed or walk.root_mtime != saved.get("root_mtime"):
+        _save_index(cfg, root, walk)
     with open(_path(cfg, root, "walked"), "w", encoding="utf-8"):
         pass  # its time: when a walk of the replica last passed the guard
     if walk.files != replica.recorded_files(cfg, root):
@@ -101,7 +109,7 @@ def apply(cfg: Config, root: str, observed: Observed) -> list[str]:
         removed.append(version.path)
         emptied.add(os.path.dirname(version.path))
     if removed:
-        _save_index(cfg, root, index)
+        _save_index(cfg, root, observed.walk)
         observed.walk.files = sum(1 for e in index.values() if e[0] != tree.FOLDER)
         replica.record(cfg, root, observed.walk.files)
     observed.applied = removed
@@ -178,8 +186,9 @@ def load_index(cfg: Config, root: str) -> tree.Index:
     return index if isinstance(index, dict) else {}
 
 
-def _save_index(cfg: Config, root: str, index: tree.Index) -> None:
-    state.write_json(_path(cfg, root, "index.json"), {"root": root, "index": index})
+def _save_index(cfg: Config, root: str, walk: tree.Walk) -> None:
+    state.write_json(_path(cfg, root, "index.json"),
+                     {"root": root, "index": walk.index, "root_mtime": walk.root_mtime})
 
 
 def _passed_within(cfg: Config, root: str, seconds: float) -> bool:

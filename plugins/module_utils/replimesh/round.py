@@ -287,8 +287,8 @@ def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
         outcome.settled = conflicts.settle(
             cfg, root, peer, remote_root, outcome.session.conflicts, session,
             dead=lambda path: replica_history.dead(cfg, root, path, known))
-    if outcome.files or outcome.session.conflicts or outcome.failure:
-        replica_history.observe(cfg, root, guard=False)  # what came in is known, not news
+    replica_history.observe(cfg, root, guard=False, after_session=True)  # what came in
+    # is known, not news
     return outcome
 
 

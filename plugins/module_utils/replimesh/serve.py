@@ -105,7 +105,7 @@ def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
         journal.append(cfg, LOG, f"accepted {peer}: {' '.join(argv[1:])} on {root}")
         code = subprocess.run(argv, cwd="/", env=unison.environment(cfg), pass_fds=(fd,),
                               preexec_fn=children.tied(), check=False).returncode
-        replica_history.observe(cfg, root, guard=False)
+        replica_history.observe(cfg, root, guard=False, after_session=True)
         return code
     finally:
         os.close(fd)

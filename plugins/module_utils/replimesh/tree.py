@@ -8,6 +8,7 @@ The backup area and Unison's temporary files are left out: they are never synced
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -33,6 +34,7 @@ class Walk:
     replaced: list[Version] = field(default_factory=list)   # held before, another now
     temporary: list[str] = field(default_factory=list)      # Unison's temporary files
     changed: bool = False   # the index differs from the previous one
+    root_mtime: int = 0     # of the root folder itself, before it was listed
 
 
 def version(path: str, entry: list) -> Version:
@@ -44,6 +46,8 @@ def version(path: str, entry: list) -> Version:
 def walk(root: str, previous: Index) -> Walk:
     """Walk root; hash what changed since previous; diff the two."""
     done = Walk({})
+    with contextlib.suppress(OSError):
+        done.root_mtime = os.lstat(root).st_mtime_ns
     _walk_folder(root, "", previous, done)
     done.changed = done.index != previous
     for path, before in previous.items():
@@ -88,7 +92,8 @@ def _entry(item: os.DirEntry | str, before: list | None) -> list | None:
     except OSError:
         return None
     if stat.S_ISDIR(status.st_mode):
-        return [FOLDER, 0, 0, 0, status.st_ino, DIRECTORY]
+        # Its mtime says whether an entry was added, removed or renamed in it (settled()).
+        return [FOLDER, 0, status.st_mtime_ns, 0, status.st_ino, DIRECTORY]
     if stat.S_ISLNK(status.st_mode):
         kind = LINK
     elif stat.S_ISREG(status.st_mode):
@@ -103,6 +108,21 @@ def _entry(item: os.DirEntry | str, before: list | None) -> list | None:
     except OSError:
         return None  # gone while read, or unreadable: not a version this node holds
     return [*fingerprint, digest]
+
+
+def settled(root: str, index: Index, root_mtime: int) -> bool:
+    """Whether no entry was added, removed or renamed under root since the walk that made
+    index (every folder's mtime is as it was then): a stat per folder, not per file.
+    Unison writes every file it brings through a rename, so a session that changed
+    nothing here leaves it true; a change of a file's content in place does not show."""
+    folders = [("", root_mtime)] + [(p, e[2]) for p, e in index.items() if e[0] == FOLDER]
+    for path, mtime in folders:
+        try:
+            if os.lstat(os.path.join(root, path) if path else root).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            return False
+    return bool(root_mtime)
 
 
 def digest_of(path: str, kind: str) -> str:
