@@ -11,6 +11,7 @@ and what each round reported.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import shlex
@@ -23,9 +24,9 @@ from fabfile.lab import access, control, faults
 from fabfile.lab.nodes import Lab, list_nodes
 
 from .helpers import playbook, wait_until
-from .mesh_lab import BACKUP, DEPLOY, ROOT, Nodes, fresh_replicas
+from .mesh_lab import BACKUP, DEPLOY, HOME, ROOT, Nodes, fresh_replicas
 
-HOME = "/var/lib/replimesh"
+DEFAULT_LAB = "chaos"
 NODE_NAMES = ("node1", "node2", "node3", "node4")
 DIRS = ("", "d0", "d1", "d2", "d3", "d0/d1", "d1/d2", "d3/d0")
 FILES = ("f0.txt", "f1.txt", "f2.txt", "f3")
@@ -188,8 +189,9 @@ def split_dump(files: dict[str, str]) -> tuple[dict[str, str], set[str], list[st
 
 # ---- the workload on a lab --------------------------------------------------------------
 
-def replay_command(seed: int, steps: int, lab_name: str) -> str:
-    return f"python -m tests.integration.chaos --seed {seed} --steps {steps} --lab {lab_name}"
+def replay_command(seed: int, steps: int, lab_name: str = DEFAULT_LAB) -> str:
+    lab = f" --lab {lab_name}" if lab_name != DEFAULT_LAB else ""
+    return f"python -m tests.integration.chaos --seed {seed} --steps {steps}{lab}"
 
 
 def reset(lab: Lab) -> None:
@@ -217,8 +219,9 @@ class Workload:
     """One seeded run on a deployed lab: steps picked by random.Random(seed), each logged
     with its number so that a finding can be traced to what made it."""
 
-    def __init__(self, lab: Lab, seed: int, steps: int, log=print):
-        self.lab, self.seed, self.steps, self.log = lab, seed, steps, log
+    def __init__(self, lab: Lab, seed: int, steps: int, log=None, replay: str = ""):
+        self.lab, self.seed, self.steps = lab, seed, steps
+        self.log = log or functools.partial(print, flush=True)  # a live log, even piped
         self.nodes = Nodes(lab)
         self.random = random.Random(seed)
         self.history = History()
@@ -228,7 +231,9 @@ class Workload:
         self.groups: list[list[str]] | None = None
         self.findings: list[str] = []
         self.known_paths: list[str] = []  # every path the workload wrote, for reuse
-        self.replay = replay_command(seed, steps, lab.name)
+        self.replay = replay or replay_command(seed, steps, lab.name)
+        self.trees: dict[str, dict[str, str]] = {}   # at the end: node -> live tree
+        self.anywhere: dict[str, set[str]] = {}      # at the end: node -> contents held
 
     # -- helpers on nodes
 
@@ -463,15 +468,20 @@ class Workload:
             control.start(self.lab, name, log=lambda _: None)
         self.down.clear()
         final = [(name, *self.do_round(name)) for name in NODE_NAMES * 2]
-        trees, anywhere, temporary, processes = self.collect()
-        self.findings += differing_trees(trees)
-        self.findings += self.history.lost_writes(anywhere)
-        self.findings += self.history.resurrected(trees)
-        self.findings += leftovers(processes, temporary, final)
-        tag = f"[seed {self.seed}; replay: {self.replay}]"
-        findings = [f"{text} {tag}" for text in self.findings]
+        findings = self.check(final)
         return Outcome(self.seed, self.steps, findings, time.monotonic() - began,
-                       self.history, trees, anywhere)
+                       self.history, self.trees, self.anywhere)
+
+    def check(self, final_rounds=()) -> list[str]:
+        """Every invariant on what the nodes hold now, each finding tagged with the seed
+        and the replay command; final_rounds: (node, exit code, output)."""
+        self.trees, self.anywhere, temporary, processes = self.collect()
+        findings = [*self.findings, *differing_trees(self.trees),
+                    *self.history.lost_writes(self.anywhere),
+                    *self.history.resurrected(self.trees),
+                    *leftovers(processes, temporary, list(final_rounds))]
+        tag = f"[seed {self.seed}; replay: {self.replay}]"
+        return [f"{text} {tag}" for text in findings]
 
     def collect(self):
         """Each node's live tree, every content it holds, its temporary files (Unison's
@@ -514,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, nargs="+", required=True,
                         help="one or more seeds, run one after the other on one lab")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--lab", default="chaos", help="lab name (default: chaos)")
+    parser.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default: {DEFAULT_LAB})")
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     parser.add_argument("--no-deploy", action="store_true",
                         help="reuse a lab left up by --keep, without running site.yml")
