@@ -230,6 +230,7 @@ class Workload:
         self.down: set[str] = set()
         self.groups: list[list[str]] | None = None
         self.findings: list[str] = []
+        self.by_name: dict = {}  # name -> Node, read from the lab once
         self.known_paths: list[str] = []  # every path the workload wrote, for reuse
         self.replay = replay or replay_command(seed, steps, lab.name)
         self.trees: dict[str, dict[str, str]] = {}   # at the end: node -> live tree
@@ -238,7 +239,10 @@ class Workload:
     # -- helpers on nodes
 
     def node(self, name):
-        return next(n for n in list_nodes(self.lab) if n.name == name)
+        """The lab's node by name (addresses are fixed: stopping one keeps its own)."""
+        if name not in self.by_name:
+            self.by_name = {n.name: n for n in list_nodes(self.lab)}
+        return self.by_name[name]
 
     def up(self) -> list[str]:
         return [n for n in NODE_NAMES if n not in self.down]
@@ -385,9 +389,12 @@ class Workload:
                                     "runuser -u replimesh -- replimesh sync"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)  # the kill lands at a random point of the round, on purpose
-        self.nodes.on(self.node(node), "pkill -KILL -f '[r]eplimesh sync'; true")
-        running.wait(timeout=60)
+        killed = self.nodes.on(self.node(node), "pkill -KILL -f '[r]eplimesh sync'; echo $?")
+        running.wait(timeout=120)
         killed_at = time.monotonic()
+        if killed.stdout.strip() != "0":  # not started yet, or done: no kill, and unseen
+            self.log(f"  {node}: nothing to kill after {delay} s (the round was not running)")
+            return
         self.log(f"  {node}: round killed after {delay} s")
         try:
             wait_until(lambda: not self.unison_running(), KILL_GRACE_S,
@@ -469,6 +476,8 @@ class Workload:
         self.down.clear()
         final = [(name, *self.do_round(name)) for name in NODE_NAMES * 2]
         findings = self.check(final)
+        self.log(f"chaos: seed {self.seed}, {self.steps} steps: {len(findings)} findings in "
+                 f"{time.monotonic() - began:.0f} s")
         return Outcome(self.seed, self.steps, findings, time.monotonic() - began,
                        self.history, self.trees, self.anywhere)
 
