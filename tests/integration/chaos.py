@@ -206,9 +206,10 @@ class Outcome:
     steps: int
     findings: list[str]
     seconds: float
-    history: History
-    trees: dict[str, dict[str, str]]
-    anywhere: dict[str, set[str]]
+    # Left out of the repr, which pytest shows when a test fails: the findings say it all.
+    history: History = field(repr=False)
+    trees: dict[str, dict[str, str]] = field(repr=False)
+    anywhere: dict[str, set[str]] = field(repr=False)
 
     @property
     def ok(self) -> bool:
