@@ -1,7 +1,9 @@
 """The integration tests' labs, each up for the session and down after: itest (3 bare
 nodes), imesh (4 nodes deployed with site.yml, shared by the mesh and membership
-tests, which run in that order) and iswarm (4 deployed nodes for swarm mode, with no
-cron rounds: offers travel by publish and by the rounds the tests run)."""
+tests, which run in that order), ifault (4 deployed nodes with short timeouts and no
+cron rounds, shared by the chaos run and the fault tests: each resets what it needs)
+and iswarm (4 deployed nodes for swarm mode, with no cron rounds: offers travel by
+publish and by the rounds the tests run)."""
 
 import pytest
 
@@ -9,7 +11,7 @@ from fabfile.lab import control
 from fabfile.lab.nodes import Lab
 
 from .helpers import playbook, running_nodes
-from .mesh_lab import MESH, SWARM, Nodes
+from .mesh_lab import DEPLOY, FAULT, MESH, SWARM, Nodes
 
 ITEST = Lab("itest")
 
@@ -32,6 +34,17 @@ def mesh():
     first = playbook(MESH, "site.yml")
     yield {"first_run": first}
     control.down(MESH)
+
+
+@pytest.fixture(scope="session")
+def fault_lab():
+    control.up(FAULT, 4)
+    playbook(FAULT, "site.yml", *DEPLOY)
+    nodes = Nodes(FAULT)
+    for node in running_nodes(FAULT):
+        nodes.on(node, "rm -f /etc/cron.d/replimesh")
+    yield FAULT
+    control.down(FAULT)
 
 
 @pytest.fixture(scope="session")

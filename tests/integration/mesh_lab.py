@@ -6,10 +6,19 @@ import os
 import shlex
 import subprocess
 
-from fabfile.lab import access
+from fabfile.lab import access, faults
 from fabfile.lab.nodes import Lab
 
+from .helpers import running_nodes
+
 ROOT = "/srv/replimesh/data"
+BACKUP = ".replimesh-backup"  # under each root, never synced
+HOME = "/var/lib/replimesh"
+# The fault tests' lab and the chaos run: short timeouts keep them fast (a dead peer
+# costs 3 s, a vanished one 6 s), and no cron rounds (fresh_replicas leaves none).
+FAULT = Lab(os.environ.get("REPLIMESH_FAULT_LAB", "ifault"))
+DEPLOY = ["-e", "replimesh_connect_timeout=3", "-e", "replimesh_ssh_keepalive_interval=2",
+          "-e", "replimesh_ssh_keepalive_count=3"]
 
 
 class Nodes:
@@ -51,6 +60,21 @@ class Nodes:
     def sync(self, node, *flags):
         done = self.as_sync_user(node, " ".join(["replimesh sync --json", *flags]), check=False)
         return done.returncode, {p["peer"]: p for p in json.loads(done.stdout)["peers"]}
+
+
+def fresh_replicas(lab: Lab) -> dict:
+    """Every node running, linked, unshaped, with no Unison left, empty replicas and no
+    history: no Unison archives, no records of the replicas (counts, indexes, histories;
+    their locks stay), no backups. {name: node}."""
+    faults.heal(lab)
+    found = {n.name: n for n in running_nodes(lab)}
+    nodes = Nodes(lab)
+    for node in found.values():
+        nodes.on(node, f"tc qdisc del dev eth0 root 2>/dev/null; pkill -x unison; "
+                       f"find {ROOT} -mindepth 1 -delete; "
+                       f"rm -f {HOME}/.unison/ar* {HOME}/.unison/fp* {HOME}/.unison/lk*; "
+                       f"find {HOME}/replicas -type f ! -name '*.lock' -delete; true")
+    return found
 
 
 MESH = Lab("imesh")

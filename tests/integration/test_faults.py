@@ -13,42 +13,26 @@ import time
 import pytest
 
 from fabfile.lab import access, control, faults
-from fabfile.lab.nodes import Lab
 
-from .helpers import playbook, running_nodes, wait_until
-from .mesh_lab import ROOT, Nodes
+from .helpers import running_nodes, wait_until
+from .mesh_lab import FAULT, HOME, ROOT, Nodes, fresh_replicas
 
-FAULT = Lab("ifault")
 LAB = Nodes(FAULT)
 on, sync, write, contents = LAB.on, LAB.sync, LAB.write, LAB.contents
-HOME = "/var/lib/replimesh"
-# Short timeouts keep the tests fast: a dead peer costs 3 s, a vanished one 6 s.
-DEPLOY = ["-e", "replimesh_connect_timeout=3", "-e", "replimesh_ssh_keepalive_interval=2",
-          "-e", "replimesh_ssh_keepalive_count=3"]
 BIG_MB = 40          # sent at 40 Mbit/s: about 8 s per copy, time to cut it
 RATE = "40mbit"
 
 
-@pytest.fixture(scope="module")
-def lab():
-    control.up(FAULT, 4)
-    playbook(FAULT, "site.yml", *DEPLOY)
-    for node in running_nodes(FAULT):
-        on(node, "rm -f /etc/cron.d/replimesh")
-    yield FAULT
-    control.down(FAULT)
+@pytest.fixture
+def lab(fault_lab):
+    return fault_lab
 
 
 @pytest.fixture
 def nodes(lab):
-    """node1..node4, running, linked, unshaped, with empty replicas and no history."""
-    faults.heal(lab)
-    found = {n.name: n for n in running_nodes(lab)}
-    for node in found.values():
-        on(node, f"tc qdisc del dev eth0 root 2>/dev/null; pkill -x unison; "
-                 f"find {ROOT} -mindepth 1 -delete; rm -f {HOME}/replicas/*.json "
-                 f"{HOME}/.unison/ar* {HOME}/.unison/fp* {HOME}/.unison/lk*; true")
-    return found
+    """node1..node4, running, linked, unshaped, with empty replicas and no history (the
+    chaos run on the same lab may have left any of it)."""
+    return fresh_replicas(lab)
 
 
 def converged(nodes, expected=None):
