@@ -35,7 +35,7 @@ KINDS = {"write": 5, "edit": 4, "rename": 2, "delete": 3, "rmdir": 1, "conflict"
          "round": 7, "killed": 1, "stop-start": 1, "partition-heal": 1}
 MAX_DOWN = 2
 RMDIR_MAX_FILES = 3  # keeps clear of the deletion guard (10 files and half of them)
-KILL_GRACE_S = 1     # a killed round's Unison should be gone by then
+KILL_GRACE_S = 0.5   # a killed round's Unison should be gone by then (it dies with it)
 
 
 # ---- the model: plain data in, findings out --------------------------------------------
@@ -514,7 +514,7 @@ def _folders(path: str) -> list[str]:
 # Kill the round on a node (its exit code: 0 if a round was killed), then wait at most
 # KILL_GRACE_S there for its Unison to go, and show what is left (nothing, if all is well).
 _KILL = ("pkill -KILL -f '[r]eplimesh sync'; echo $?; i=0; "
-         f"while pgrep -x unison >/dev/null && [ $i -lt {KILL_GRACE_S * 10} ]; do "
+         f"while pgrep -x unison >/dev/null && [ $i -lt {int(KILL_GRACE_S * 10)} ]; do "
          "sleep 0.1; i=$((i+1)); done; pgrep -a -x unison; true")
 # Every regular file under a folder: its path, a NUL, its content, a NUL (files are small).
 _PRUNE = f"-path ./{BACKUP} -prune -o"
