@@ -15,7 +15,7 @@ from .chaos import Workload, replay_command
 from .mesh_lab import ROOT, Nodes
 
 SEED = int(os.environ.get("REPLIMESH_CHAOS_SEED", "7"))
-STEPS = int(os.environ.get("REPLIMESH_CHAOS_STEPS", "35"))
+STEPS = int(os.environ.get("REPLIMESH_CHAOS_STEPS", "25"))
 
 
 @pytest.fixture(scope="module")
