@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import joins
 from .errors import ConfigError
 
 DELETED, REPLACED = "deleted", "replaced"
@@ -70,15 +71,12 @@ def join(a: Fate, b: Fate) -> Fate:
 
 def merge(mine: History, theirs: History) -> History:
     """Every version of both, the greatest fate of each."""
-    merged = dict(mine)
-    for version, fate in theirs.items():
-        merged[version] = join(merged[version], fate) if version in merged else fate
-    return merged
+    return joins.merge(mine, theirs, join)
 
 
 def newer(mine: History, theirs: History) -> History:
     """Their records that would change mine if merged in."""
-    return {v: f for v, f in theirs.items() if v not in mine or join(mine[v], f) != mine[v]}
+    return joins.newer(mine, theirs, join)
 
 
 def expire(history: History, now: float, days: float) -> History:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import joins
 from .errors import ConfigError
 
 ACTIVE, REMOVED = "active", "removed"
@@ -71,16 +72,12 @@ def winner(a: Entry, b: Entry) -> Entry:
 
 def merge(mine: Peers, theirs: Peers) -> Peers:
     """The union of both lists, the winner per name."""
-    merged = dict(mine)
-    for name, entry in theirs.items():
-        merged[name] = winner(merged[name], entry) if name in merged else entry
-    return merged
+    return joins.merge(mine, theirs, winner)
 
 
 def newer(mine: Peers, theirs: Peers) -> Peers:
     """Their entries that would change my list if merged in."""
-    return {name: entry for name, entry in theirs.items()
-            if name not in mine or (entry != mine[name] and winner(mine[name], entry) is entry)}
+    return joins.newer(mine, theirs, winner)
 
 
 def parse(data: Any, origin: str = "peer list") -> Peers:
