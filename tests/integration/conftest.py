@@ -1,9 +1,9 @@
 """The integration tests' labs, each up for the session and down after: itest (3 bare
 nodes), imesh (4 nodes deployed with site.yml, shared by the mesh and membership
-tests, which run in that order), ifault (4 deployed nodes with short timeouts and no
-cron rounds, shared by the chaos run and the fault tests: each resets what it needs)
-and iswarm (4 deployed nodes for swarm mode, with no cron rounds: offers travel by
-publish and by the rounds the tests run)."""
+tests, which run in that order) and ifault (4 deployed nodes with short timeouts and no
+cron rounds, shared by the chaos run, the fault tests and the swarm tests, in that order:
+each resets what it needs; swarm offers travel by publish and by the rounds the tests
+run). One deploy fewer keeps make test shorter."""
 
 import pytest
 
@@ -11,7 +11,7 @@ from fabfile.lab import control
 from fabfile.lab.nodes import Lab
 
 from .helpers import playbook, running_nodes
-from .mesh_lab import DEPLOY, FAULT, MESH, SWARM, Nodes
+from .mesh_lab import DEPLOY, FAULT, MESH, Nodes, fresh_replicas
 
 ITEST = Lab("itest")
 
@@ -48,11 +48,7 @@ def fault_lab():
 
 
 @pytest.fixture(scope="session")
-def swarm_lab():
-    control.up(SWARM, 4)
-    playbook(SWARM, "site.yml", "-e", "replimesh_connect_timeout=3")
-    nodes = Nodes(SWARM)
-    for node in running_nodes(SWARM):
-        nodes.on(node, "rm -f /etc/cron.d/replimesh")
-    yield SWARM
-    control.down(SWARM)
+def swarm_lab(fault_lab):
+    """The fault tests' lab, its replicas emptied: what the swarm tests need of it."""
+    fresh_replicas(fault_lab)
+    return fault_lab

@@ -78,8 +78,6 @@ def fresh_replicas(lab: Lab) -> dict:
 
 
 MESH = Lab("imesh")
-# A second name lets two runs of the swarm tests work side by side.
-SWARM = Lab(os.environ.get("REPLIMESH_SWARM_LAB", "iswarm"))
 _MESH = Nodes(MESH)
 on, as_sync_user, write, listing, sync = (_MESH.on, _MESH.as_sync_user, _MESH.write,
                                           _MESH.listing, _MESH.sync)

@@ -1,4 +1,5 @@
-"""Swarm mode on the deployed 4-node lab iswarm: a large file published on one node
+"""Swarm mode on the deployed 4-node lab ifault (shared with the fault tests): a large
+file published on one node
 reaches every node with the same SHA-256; a corrupted piece is found and fetched again;
 the others finish without the only original holder; a killed daemon resumes; a new
 version moves only its changed pieces; a node that was down gets the offer from a

@@ -1,4 +1,5 @@
-"""Swarm mode from the operator's seat, on the deployed lab iswarm: `fab swarm.publish`
+"""Swarm mode from the operator's seat, on the deployed lab ifault (shared with the fault
+tests): `fab swarm.publish`
 watches a file reach every node, `fab swarm.status` lists it, and
 playbooks/swarm_publish.yml publishes from one node and waits on all. Files are checked
 by their SHA-256 on every node; the names are this module's own (the lab is shared)."""
