@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from . import replica
+from . import replica, unison
 from .config import PREFER, Config
 
 KEEP_BOTH = "keep-both"
-_DONE = (0, 1)   # Unison's exit codes of a session that ran (1: some paths skipped)
+_DONE = (unison.EXIT_OK, unison.EXIT_SKIPPED)   # a session that ran
 
 
 class Outcome(Protocol):
