@@ -3,7 +3,9 @@ nodes), imesh (4 nodes deployed with site.yml, shared by the mesh and membership
 tests, which run in that order) and ifault (4 deployed nodes with short timeouts and no
 cron rounds, shared by the chaos run, the fault tests and the swarm tests, in that order:
 each resets what it needs; swarm offers travel by publish and by the rounds the tests
-run). One deploy fewer keeps make test shorter."""
+run). One deploy fewer keeps make test shorter. Each lab starts from nothing: containers
+left by an earlier run that was cut short (a node5 the membership tests added, another
+operator key) would change what the tests see."""
 
 import pytest
 
@@ -16,9 +18,15 @@ from .mesh_lab import DEPLOY, FAULT, MESH, Nodes, fresh_replicas
 ITEST = Lab("itest")
 
 
+def clean_lab(lab, count):
+    """A lab of exactly `count` new nodes, whatever an earlier run left."""
+    control.down(lab)
+    control.up(lab, count)
+
+
 @pytest.fixture(scope="session")
 def lab():
-    control.up(ITEST, 3)
+    clean_lab(ITEST, 3)
     yield ITEST
     control.down(ITEST)
 
@@ -30,7 +38,7 @@ def nodes(lab):
 
 @pytest.fixture(scope="session")
 def mesh():
-    control.up(MESH, 4)
+    clean_lab(MESH, 4)
     first = playbook(MESH, "site.yml")
     yield {"first_run": first}
     control.down(MESH)
@@ -38,7 +46,7 @@ def mesh():
 
 @pytest.fixture(scope="session")
 def fault_lab():
-    control.up(FAULT, 4)
+    clean_lab(FAULT, 4)
     playbook(FAULT, "site.yml", *DEPLOY)
     nodes = Nodes(FAULT)
     for node in running_nodes(FAULT):
