@@ -106,7 +106,11 @@ def write_node(tmp_path, peers, node="node1", **settings):
             "connect_timeout": 1, "operator_signers": str(tmp_path / "operator_signers"),
             "authorized_keys": str(tmp_path / "ssh" / "authorized_keys"),
             "known_hosts": str(tmp_path / "ssh" / "known_hosts"), "ssh": "/bin/false",
-            "replica_dir": str(tmp_path / "replicas"), "lock_wait": 5, **settings}
+            "replica_dir": str(tmp_path / "replicas"), "lock_wait": 5,
+            "unison_dir": str(tmp_path / "unison-archives"),
+            # The fake programs of the tests live in tmp_path, out of a sandbox's reach:
+            # the tests of confinement turn it on.
+            "confine": False, **settings}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data), encoding="utf-8")
     return config.parse(data), str(path)

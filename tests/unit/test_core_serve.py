@@ -1,15 +1,17 @@
 """The forced command: only the Unison server for one of the node's replicas and the
 peer-list exchange from an active peer pass, every decision logged."""
 
+import dataclasses
 import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from plugins.module_utils.replimesh import membership, replica, serve
+from plugins.module_utils.replimesh import children, confine, membership, replica, serve
 from plugins.module_utils.replimesh import peers as peer_list
 from plugins.module_utils.replimesh.serve import Refused
 
@@ -115,10 +117,75 @@ def test_the_unison_server_runs_under_the_replica_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {root} -server __new-rpc-mode")
     assert serve.serve(cfg, "node2") == 0
     assert (tmp_path / "out").read_text() == "-server __new-rpc-mode | / | node1 | held=yes\n"
-    assert log_lines(cfg)[0].endswith(f"accepted node2: -server __new-rpc-mode on {root}")
+    assert log_lines(cfg)[0].endswith(f"accepted node2: -server __new-rpc-mode on {root} "
+                                      "(unconfined)")
     assert replica.recorded_files(cfg, root) == 0
     with replica.held(cfg, root, "test", 0):  # let go of when the server exits
         pass
+
+
+CONFINED_SERVER = """#!/bin/sh
+# Stands in for `unison -server` run confined: what it can read and write.
+cat "$SECRET" > /dev/null 2>&1 && echo "read secret" >> "$ROOT/seen"
+echo x > "$OUTSIDE" 2>/dev/null && echo "wrote outside" >> "$ROOT/seen"
+echo x > "$UNISON/ar1" && echo "wrote archive" >> "$ROOT/seen"
+ls "$UNISON/.." > /dev/null 2>&1 && echo "listed other pairs" >> "$ROOT/seen"
+echo "in root" >> "$ROOT/seen"
+"""
+
+
+@pytest.mark.skipif(not confine.abi(), reason="this kernel offers no Landlock")
+def test_a_confined_server_reaches_its_replica_and_its_pairs_archives_only(tmp_path,
+                                                                           monkeypatch):
+    cfg = write_node(tmp_path, PEERS, confine=True)[0]
+    root = Path(cfg.roots[0])
+    # The program sits in the replica, the one place outside the system it may run from.
+    cfg = dataclasses.replace(cfg, unison=script(root, "unison", CONFINED_SERVER))
+    (tmp_path / "secret").write_text("the sync user's private key")
+    monkeypatch.setenv("SECRET", str(tmp_path / "secret"))
+    monkeypatch.setenv("OUTSIDE", str(tmp_path / "planted"))
+    monkeypatch.setenv("ROOT", str(root))
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {root} -server")
+    assert serve.serve(cfg, "node2") == 0
+    assert (root / "seen").read_text() == "wrote archive\nin root\n"
+    assert not (tmp_path / "planted").exists()
+    assert (Path(cfg.unison_dir) / "pairs" / "node2" / "ar1").exists()
+
+
+def test_a_node_that_cannot_confine_serves_no_session(tmp_path, monkeypatch, capsys):
+    cfg = write_node(tmp_path, PEERS, confine=True, unison=script(tmp_path, "unison",
+                                                                  "exit 0\n"))[0]
+    monkeypatch.setattr(confine, "abi", lambda: 1)
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {cfg.roots[0]} -server")
+    assert serve.serve(cfg, "node2") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("replimesh: refused: node1 cannot confine a peer's session (")
+    assert "replimesh_agent_confine: false" in err
+    assert "refused node2: node1 cannot confine" in log_lines(cfg)[0]
+
+
+def test_a_session_that_moves_nothing_is_stopped_at_the_idle_limit(tmp_path, monkeypatch):
+    cfg = write_node(tmp_path, PEERS, idle_timeout=1,
+                     unison=script(tmp_path, "unison", "exec sleep 60\n"))[0]
+    monkeypatch.setattr(children, "IDLE_CHECK_S", 0.2)
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {cfg.roots[0]} -server")
+    started = time.monotonic()
+    assert serve.serve(cfg, "node2") != 0
+    assert time.monotonic() - started < 10
+    assert log_lines(cfg)[-1].endswith(f"session from node2 on {cfg.roots[0]} stopped "
+                                       "after 1 s with no traffic")
+    with replica.held(cfg, cfg.roots[0], "test", 0):  # let go of
+        pass
+
+
+def test_a_busy_session_is_stopped_at_the_session_limit(tmp_path, monkeypatch):
+    busy = "while :; do echo x > /dev/null; done\n"  # always active, never done
+    cfg = write_node(tmp_path, PEERS, idle_timeout=30, session_timeout=1,
+                     unison=script(tmp_path, "unison", busy))[0]
+    monkeypatch.setattr(children, "IDLE_CHECK_S", 0.2)
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {cfg.roots[0]} -server")
+    assert serve.serve(cfg, "node2") != 0
+    assert log_lines(cfg)[-1].endswith("stopped after the session limit of 1 s")
 
 
 def test_a_replica_held_by_another_session_is_busy(tmp_path, monkeypatch, capsys):

@@ -135,17 +135,31 @@ def test_command_targets_the_same_absolute_path_on_the_peer():
     assert argv[argv.index("-ui") + 1] == "text"
 
 
-def test_environment_pins_the_unison_host_name(monkeypatch):
+def test_environment_pins_the_unison_host_name(monkeypatch, tmp_path):
     monkeypatch.setenv("UNISONLOCALHOSTNAME", "container-3f2a")
-    env = unison.environment(config.parse({"node": "node7", "roots": ["/a"]}))
+    cfg = config.parse({"node": "node7", "roots": ["/a"], "unison_dir": str(tmp_path)})
+    env = unison.environment(cfg, "node2")
     assert env["UNISONLOCALHOSTNAME"] == "node7"
     assert env["PATH"] == os.environ["PATH"]
 
 
+def test_each_pair_keeps_its_archives_in_its_own_folder(tmp_path):
+    cfg = config.parse({"node": "node1", "roots": ["/a"], "unison_dir": str(tmp_path)})
+    (tmp_path / "ar0123").write_text("the archive of a pair, from before confinement")
+    (tmp_path / "fp0123").write_text("its fingerprint cache")
+    (tmp_path / "lk0123").write_text("a lock: not carried over")
+    folder = unison.environment(cfg, "node2")["UNISON"]
+    assert folder == str(tmp_path / "pairs" / "node2")
+    assert sorted(os.listdir(folder)) == ["ar0123", "fp0123"]  # linked, so Unison finds them
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    assert unison.environment(cfg, "node3")["UNISON"] != folder
+
+
 def test_run_parses_what_the_program_prints(tmp_path):
     program, calls = fake_unison(tmp_path, {"/srv/d": (1, CONFLICT)})
-    cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program})
-    session = unison.run(cfg, "/srv/d", ADDRESS)
+    cfg = config.parse({"node": "node1", "roots": ["/srv/d"], "unison": program,
+                        "unison_dir": str(tmp_path / "archives")})
+    session = unison.run(cfg, "node2", "/srv/d", ADDRESS)
     assert (session.exit_code, session.conflicts, session.timed_out) == (1, ["a.txt"], False)
     call, = calls_of(calls)
     assert call["argv"] == unison.command(cfg, "/srv/d", ADDRESS)[1:]

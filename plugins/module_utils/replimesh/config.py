@@ -22,9 +22,15 @@ class Config:
     state_file: str = "/var/lib/replimesh/state.json"
     log_dir: str = "/var/log/replimesh"
     unison: str = "/usr/bin/unison"
+    unison_dir: str = "/var/lib/replimesh/.unison"   # Unison's archives, a folder per pair
     ssh_port: int = 22
     connect_timeout: int = 10       # seconds; what a dead peer costs a round
     session_timeout: int = 3600     # seconds; one Unison session is stopped after this
+    # A peer's session served here is stopped after session_timeout too, and once it has
+    # moved no byte for idle_timeout seconds; it runs confined (confine.py) unless
+    # confine is false, and is refused where confinement is not available.
+    idle_timeout: int = 600
+    confine: bool = True
     # Membership: the operator's public key (allowed_signers format) that every peer-list
     # entry must be signed by, and the sync user's SSH files regenerated from the list.
     operator_signers: str = "/etc/replimesh/operator_signers"
@@ -59,8 +65,9 @@ class Config:
 
 
 _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_file": str,
-          "log_dir": str, "unison": str, "ssh_port": int, "connect_timeout": int,
-          "session_timeout": int, "operator_signers": str, "authorized_keys": str,
+          "log_dir": str, "unison": str, "unison_dir": str, "ssh_port": int,
+          "connect_timeout": int, "session_timeout": int, "idle_timeout": int,
+          "confine": bool, "operator_signers": str, "authorized_keys": str,
           "known_hosts": str, "command": str, "ssh": str, "replica_dir": str,
           "lock_wait": int, "conflict_policy": str, "backup_days": int,
           "max_delete_share": (int, float), "swarm_root": str, "swarm_dir": str,
@@ -98,7 +105,7 @@ def parse(data: Any, origin: str = "config") -> Config:
             raise ConfigError(f"{origin}: missing setting {key!r}")
     for key, value in data.items():
         kind = _TYPES[key]
-        if not isinstance(value, kind) or (kind is not str and isinstance(value, bool)):
+        if not isinstance(value, kind) or (kind not in (str, bool) and isinstance(value, bool)):
             name = "number" if isinstance(kind, tuple) else kind.__name__
             raise ConfigError(f"{origin}: {key} must be a {name}, not {value!r}")
     roots = data["roots"]
@@ -106,8 +113,8 @@ def parse(data: Any, origin: str = "config") -> Config:
         raise ConfigError(f"{origin}: roots must be a non-empty list of absolute paths")
     if len(set(roots)) != len(roots):
         raise ConfigError(f"{origin}: roots lists the same path twice")
-    for key in ("connect_timeout", "session_timeout", "ssh_port", "lock_wait", "swarm_port",
-                "swarm_seed_hours"):
+    for key in ("connect_timeout", "session_timeout", "idle_timeout", "ssh_port", "lock_wait",
+                "swarm_port", "swarm_seed_hours"):
         if key in data and data[key] <= 0:
             raise ConfigError(f"{origin}: {key} must be positive")
     if data.get("backup_days", 0) < 0:

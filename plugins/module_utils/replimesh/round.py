@@ -269,7 +269,7 @@ def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
     replica.prune_backups(cfg, root)
 
     def session(more: tuple[str, ...] = ()) -> unison.Session:
-        done = unison.run(cfg, root, address, (*extra, *more), lock=lock)
+        done = unison.run(cfg, peer, root, address, (*extra, *more), lock=lock)
         outcome.sessions += 1
         outcome.files += len(done.transferred)
         outcome.bytes += transferred_bytes(root, done.transferred)

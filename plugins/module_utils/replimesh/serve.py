@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 
-from . import children, journal, membership, replica, replica_history, swarm_mesh, unison
+from . import children, confine, journal, membership, replica, replica_history, swarm_mesh, unison
 from .config import Config
 from .errors import ConfigError
 
@@ -82,10 +82,19 @@ def serve(cfg: Config, peer: str) -> int:
 
 
 def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
-    """Run the Unison server for a peer's session on root, holding the replica's lock
-    until it exits (the server inherits it too, and dies with this process). Before, the
+    """Run the Unison server for a peer's session on root, confined to that replica and
+    the pair's archives, holding the replica's lock until it exits (the server inherits
+    it too, and dies with this process), within the session and idle limits. Before, the
     replica is observed (the deletion guard, what was deleted here) and what the mesh's
     history says was deleted is deleted here too; after, what came in is observed."""
+    try:
+        sandbox = _sandbox(cfg, peer, root)
+    except confine.Unavailable as why:
+        refusal = (f"{cfg.node} cannot confine a peer's session ({why}); it serves none "
+                   "unless deployed with replimesh_agent_confine: false")
+        journal.append(cfg, LOG, f"refused {peer}: {refusal}")
+        print(f"{unison.REFUSED}{refusal}", file=sys.stderr)
+        return 1
     try:
         fd = replica.acquire(cfg, root, f"session from {peer}", LOCK_WAIT_S)
     except replica.Busy as busy:
@@ -102,13 +111,34 @@ def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
         if applied:
             journal.append(cfg, LOG, f"deleted {len(applied)} path(s) of {root} that the "
                                      f"mesh deleted, into the backup area")
-        journal.append(cfg, LOG, f"accepted {peer}: {' '.join(argv[1:])} on {root}")
-        code = subprocess.run(argv, cwd="/", env=unison.environment(cfg), pass_fds=(fd,),
-                              preexec_fn=children.tied(), check=False).returncode
+        journal.append(cfg, LOG, f"accepted {peer}: {' '.join(argv[1:])} on {root}"
+                                 + ("" if sandbox else " (unconfined)"))
+        process = subprocess.Popen(
+            argv, cwd="/", env=unison.environment(cfg, peer), pass_fds=(fd,),
+            preexec_fn=children.tied(then=sandbox.enter if sandbox else None))
+        if sandbox:
+            sandbox.close()
+        stopped = children.supervise(process, cfg.session_timeout, cfg.idle_timeout)
+        if stopped:
+            journal.append(cfg, LOG, f"session from {peer} on {root} {stopped}")
         replica_history.observe(cfg, root, guard=False, after_session=True)
-        return code
+        return process.returncode
     finally:
         os.close(fd)
+
+
+# What a confined Unison server may read besides its replica: the programs and libraries,
+# and the few files of /etc that the C library reads (/etc/replimesh is not among them).
+SYSTEM_READ = ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime",
+               "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/dev/urandom"]
+
+
+def _sandbox(cfg: Config, peer: str, root: str) -> confine.Sandbox | None:
+    """The rules of a session of peer on root, or None when confinement is turned off."""
+    if not cfg.confine:
+        return None
+    return confine.Sandbox.build(read=SYSTEM_READ,
+                                 write=[root, unison.pair_dir(cfg, peer), "/dev/null"])
 
 
 def _exchange(cfg: Config, peer: str) -> int:

@@ -8,6 +8,7 @@ reports: files transferred, changes that came in, conflicts skipped, errors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -27,6 +28,8 @@ REPLICA_SERVER = "replimesh-replica"
 # What `replimesh serve` prints on the peer when it turns a session down.
 BUSY = "replimesh: busy: "
 REFUSED = "replimesh: refused: "
+# Under cfg.unison_dir, one folder per peer: the archives of that pair.
+PAIRS = "pairs"
 # What Unison says when the two sides run releases that cannot talk to each other.
 VERSION_SKEW = "unexpected header"
 
@@ -71,15 +74,15 @@ def command(cfg: Config, root: str, address: str, extra: tuple[str, ...] = ()) -
             "-ignore", f"Path {BACKUP_DIR}", *extra]
 
 
-def run(cfg: Config, root: str, address: str, extra: tuple[str, ...] = (),
+def run(cfg: Config, peer: str, root: str, address: str, extra: tuple[str, ...] = (),
         lock: int | None = None) -> Session:
-    """Run one session, stopped after cfg.session_timeout seconds. lock: the descriptor
+    """Run one session with peer, stopped after cfg.session_timeout seconds. lock: the descriptor
     of the replica's lock, which Unison holds too, so that the replica stays locked for
     as long as it runs; and it dies with this process (a killed round ends its session)."""
     process = subprocess.Popen(command(cfg, root, address, extra), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, errors="replace", start_new_session=True,
-                               cwd="/", env=environment(cfg),
+                               cwd="/", env=environment(cfg, peer),
                                pass_fds=() if lock is None else (lock,),
                                preexec_fn=children.tied())
     try:
@@ -94,10 +97,28 @@ def run(cfg: Config, root: str, address: str, extra: tuple[str, ...] = (),
     return parse(process.returncode, output)
 
 
-def environment(cfg: Config) -> dict[str, str]:
+def environment(cfg: Config, peer: str) -> dict[str, str]:
     """Unison names its archives after the host name: pin it to the node's mesh name, so
-    a changed container or DHCP host name never looks like a new replica."""
-    return dict(os.environ, UNISONLOCALHOSTNAME=cfg.node)
+    a changed container or DHCP host name never looks like a new replica. The archives
+    of the pair (this node, peer) live in a folder of their own, the only one a confined
+    session with that peer may touch besides its replica."""
+    return dict(os.environ, UNISONLOCALHOSTNAME=cfg.node, UNISON=pair_dir(cfg, peer))
+
+
+def pair_dir(cfg: Config, peer: str) -> str:
+    """The Unison folder of the pair (this node, peer), made when missing. A node that
+    kept every pair's archives in one folder (before confinement) starts each pair's
+    folder with links to them: Unison finds its archive, and replaces only the link."""
+    path = os.path.join(cfg.unison_dir, PAIRS, peer)
+    if not os.path.isdir(path):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        with os.scandir(cfg.unison_dir) as found:
+            for entry in found:
+                if entry.name[:2] in ("ar", "fp") and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileExistsError):
+                        os.link(entry.path, os.path.join(path, entry.name))
+    return path
 
 
 def parse(exit_code: int, output: str) -> Session:
