@@ -15,10 +15,12 @@ ROOT = "/srv/replimesh/data"
 BACKUP = ".replimesh-backup"  # under each root, never synced
 HOME = "/var/lib/replimesh"
 # The fault tests' lab and the chaos run: short timeouts keep them fast (a dead peer
-# costs 3 s, a vanished one 6 s), and no cron rounds (fresh_replicas leaves none).
+# costs 3 s, a vanished one 6 s, a session held open with nothing sent 15 s), and no
+# cron rounds (fresh_replicas leaves none).
 FAULT = Lab(os.environ.get("REPLIMESH_FAULT_LAB", "ifault"))
 DEPLOY = ["-e", "replimesh_connect_timeout=3", "-e", "replimesh_ssh_keepalive_interval=2",
-          "-e", "replimesh_ssh_keepalive_count=3"]
+          "-e", "replimesh_ssh_keepalive_count=3", "-e", "replimesh_agent_idle_timeout=15"]
+IDLE_TIMEOUT_S = 15
 
 
 class Nodes:
@@ -72,7 +74,7 @@ def fresh_replicas(lab: Lab) -> dict:
     for node in found.values():
         nodes.on(node, f"tc qdisc del dev eth0 root 2>/dev/null; pkill -x unison; "
                        f"find {ROOT} -mindepth 1 -delete; "
-                       f"rm -f {HOME}/.unison/ar* {HOME}/.unison/fp* {HOME}/.unison/lk*; "
+                       f"find {HOME}/.unison -type f -delete; "
                        f"find {HOME}/replicas -type f ! -name '*.lock' -delete; true")
     return found
 

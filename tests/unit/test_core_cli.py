@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.module_utils.replimesh import cli, membership, state
+from plugins.module_utils.replimesh import cli, confine, membership, state
 from plugins.module_utils.replimesh import peers as peer_list
 
 from .support import closed_port, signed, write_node
@@ -197,3 +197,13 @@ def test_a_verb_is_required(capsys):
     with pytest.raises(SystemExit) as caught:
         cli.main([])
     assert caught.value.code == 2
+
+
+def test_confinement_says_whether_peers_sessions_can_be_confined(node, monkeypatch, capsys):
+    monkeypatch.setattr(confine, "abi", lambda: 6)
+    assert cli.main(["--config", node[1], "confinement"]) == 0
+    assert capsys.readouterr().out == ("node1: Landlock ABI 6; confinement of peers' sessions "
+                                       "off (replimesh_agent_confine: false)\n")
+    monkeypatch.setattr(confine, "abi", lambda: 0)
+    assert cli.main(["--config", node[1], "confinement"]) == 1
+    assert "offers no Landlock (Linux 5.19 or newer" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import sys
 
 from . import config as node_config
-from . import membership, state, swarm_cli
+from . import confine, membership, state, swarm_cli
 from . import peers as peer_list
 from .errors import ReplimeshError
 from .round import exit_code, now, run_round
@@ -56,6 +56,17 @@ def _status(cfg, args) -> int:
         print(f"{_peer_line(entry)}  (at {entry.get('at')}, last ok {entry.get('last_ok')})")
         for settled in entry.get("settled") or []:
             print(f"  conflict {settled}")
+    return EXIT_OK
+
+
+def _confinement(cfg, args) -> int:
+    """Whether this node can confine its peers' sessions (the deploy asks)."""
+    why = confine.available()
+    if why:
+        print(f"replimesh: {why}", file=sys.stderr)
+        return EXIT_PEER_FAILED
+    state = "on" if cfg.confine else "off (replimesh_agent_confine: false)"
+    print(f"{cfg.node}: Landlock ABI {confine.abi()}; confinement of peers' sessions {state}")
     return EXIT_OK
 
 
@@ -125,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="the last result of every peer")
     status.add_argument("--json", action="store_true", help="print the state as JSON")
     status.set_defaults(handler=_status)
+
+    confinement = verbs.add_parser(
+        "confinement", help="whether this node can confine its peers' sessions (Landlock)")
+    confinement.set_defaults(handler=_confinement)
 
     peers = verbs.add_parser("peers", help="the peer list")
     peers_verbs = peers.add_subparsers(dest="peers_verb", required=True, metavar="COMMAND")
