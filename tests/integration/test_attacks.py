@@ -64,7 +64,8 @@ def thief_unison(nodes, key, local, remote, user="replimesh"):
     """The thief's Unison, run as root on node3 with node1's stolen key, syncing its local
     folder with `remote` on node2 through the server command a round uses; its output."""
     node3 = nodes["node3"]
-    on(node3, f"mkdir -p {THIEF} && cat > {THIEF}/key && chmod 600 {THIEF}/key",
+    on(node3, f"rm -rf {THIEF}/archives && mkdir -p {THIEF} && cat > {THIEF}/key && "
+              f"chmod 600 {THIEF}/key",
        stdin=key.read_text())
     ssh_args = (f"-i {THIEF}/key -o IdentitiesOnly=yes -o StrictHostKeyChecking=no "
                 "-o UserKnownHostsFile=/dev/null")
@@ -87,7 +88,7 @@ def test_a_stolen_key_reads_nothing_outside_the_replicas(nodes, stolen_key):
 
 def test_a_stolen_key_writes_nothing_outside_the_replicas(nodes, stolen_key):
     planted = f"{THIEF}/plant"
-    on(nodes["node3"], f"rm -rf {planted} && mkdir -p {planted} && "
+    on(nodes["node3"], f"rm -rf {planted} {THIEF}/shell* && mkdir -p {planted} && "
                        f"ssh-keygen -q -t ed25519 -N '' -f {THIEF}/shell && "
                        f"cp {THIEF}/shell.pub {planted}/authorized_keys && "
                        f"echo planted > {planted}/rc")
