@@ -306,7 +306,7 @@ def test_a_new_peer_address_keeps_unisons_archive(lab, nodes):
         # node1 trusts node2's host key at the new address too (as a signed list would).
         on(nodes["node1"], f"grep '^node2,' {HOME}/.ssh/known_hosts | "
                            f"sed 's/^node2,[^ ]* /{new_address} /' >> {HOME}/.ssh/known_hosts")
-        archives = on(nodes["node1"], f"ls {HOME}/.unison").stdout.split()
+        archives = on(nodes["node1"], f"ls {HOME}/.unison/pairs/node2").stdout.split()
         on(nodes["node1"], f"rm {ROOT}/moved.txt")
         # One session with node2 at its new address: a lost archive would bring the file
         # back (Unison would take both sides as new); a kept one passes the deletion on.
@@ -318,7 +318,7 @@ def test_a_new_peer_address_keeps_unisons_archive(lab, nodes):
         assert done.stdout.strip() == "0", done.stdout
         assert "moved.txt" not in names(nodes["node1"])
         assert "moved.txt" not in names(node2)
-        assert on(nodes["node1"], f"ls {HOME}/.unison").stdout.split() == archives
+        assert on(nodes["node1"], f"ls {HOME}/.unison/pairs/node2").stdout.split() == archives
     finally:
         on(node2, f"ip addr del {new_address}/24 dev eth0", check=False)
 
