@@ -299,3 +299,25 @@ def test_status_says_kept_only_for_the_version_held_unchanged(cfg):
     os.utime(os.path.join(cfg.swarm_root, "a.bin"), ns=(0, 0))
     assert state() == [("a.bin", "waiting")]          # changed since: not that version
     assert swarm_cli.load_status(cfg)["running"] is False
+
+
+def test_the_swarm_port_is_dropped_for_every_address_but_the_peers():
+    from plugins.module_utils.replimesh import swarm_firewall
+    rules = swarm_firewall.chain_rules(6881, {"10.0.0.2", "10.0.0.3", "fd00::2"}, 4)
+    assert rules == ["-N REPLIMESH-SWARM", "-A REPLIMESH-SWARM -i lo -j RETURN",
+                     "-A REPLIMESH-SWARM -s 10.0.0.2/32 -p tcp -m tcp --dport 6881 -j RETURN",
+                     "-A REPLIMESH-SWARM -s 10.0.0.3/32 -p tcp -m tcp --dport 6881 -j RETURN",
+                     "-A REPLIMESH-SWARM -p tcp -m tcp --dport 6881 -j DROP"]
+    assert swarm_firewall.chain_rules(6881, {"10.0.0.2", "fd00::2"}, 6)[2] == (
+        "-A REPLIMESH-SWARM -s fd00::2/128 -p tcp -m tcp --dport 6881 -j RETURN")
+    text = swarm_firewall.restore_input(rules)
+    assert text.startswith("*filter\n:REPLIMESH-SWARM - [0:0]\n-A REPLIMESH-SWARM -i lo")
+    assert text.endswith("-j DROP\nCOMMIT\n")
+
+
+def test_only_active_operator_signed_peers_pass_the_firewall(tmp_path):
+    from plugins.module_utils.replimesh import swarm_firewall
+    cfg = write_node(tmp_path, [
+        {"name": "node1"}, {"name": "node2"}, {"name": "node3", "state": "removed"},
+        {"name": "node4", "owner": "impostor"}, {"name": "node5", "owner": None}])[0]
+    assert swarm_firewall.signed_peer_hosts(cfg) == ["127.0.0.2"]
