@@ -4,11 +4,11 @@ libtorrent checks its IP filter on an SSL listen socket only after the TLS hands
 any address could start one. This keeps everyone else out before: one iptables chain
 (REPLIMESH-SWARM, ip6tables too where present, first in INPUT) that drops the swarm
 port from every address but the active peers'. It only ever drops: a peer's packets go
-on through INPUT as before (RETURN), so the host's own rules still apply to them. It is made from the peer list,
-taking only entries whose operator signature checks out here (the list file belongs to
-the sync user; root trusts the operator's key, not the file), and rewritten only when it
-differs. Cron runs it every minute (role replimesh_swarm), so a node's removal closes the
-port to it within a minute of reaching this node.
+on through INPUT as before (RETURN), so the host's own rules still apply to them. It is
+made from the peer list, taking only entries whose operator signature checks out here
+(the list file belongs to the sync user; root trusts the operator's key, not the file),
+and rewritten only when it differs. Cron runs it every minute (role replimesh_swarm), so
+a node's removal closes the port to it within a minute of reaching this node.
 """
 
 from __future__ import annotations
