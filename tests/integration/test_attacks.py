@@ -6,12 +6,17 @@ working: their rounds still converge and nothing is lost.
 Every test here failed on the code before the confinement issue (see its closing note).
 """
 
+import hashlib
 import shlex
+import socket
 import subprocess
+import time
+from datetime import datetime, timezone
 
 import pytest
 
 from fabfile.lab import access
+from plugins.module_utils.replimesh import swarm_offers
 
 from .helpers import wait_until
 from .mesh_lab import FAULT, HOME, IDLE_TIMEOUT_S, ROOT, Nodes, fresh_replicas
@@ -138,3 +143,114 @@ def log_count(node, text):
 
 
 # --- Swarm admission ---------------------------------------------------------------------
+# Offers: node1's stolen key may sign offers as node1, never as another node; what any
+# offer may claim is bounded. The swarm port: only active peers' addresses reach it.
+
+SWARM_PORT = 6881
+MANIFEST_NS = "replimesh-swarm-offer"
+
+
+def bencode(value) -> bytes:
+    if isinstance(value, int):
+        return b"i%de" % value
+    if isinstance(value, bytes):
+        return b"%d:%s" % (len(value), value)
+    return b"d" + b"".join(bencode(k) + bencode(v) for k, v in sorted(value.items())) + b"e"
+
+
+def thief_offer(key, tmp_path, path="big.bin", size=1 << 40, publisher="node1",
+                published=None):
+    """An offer as a thief makes it: a manifest claiming size bytes with no piece layer
+    (~300 bytes), signed with the stolen key as node1."""
+    name = path.rsplit("/", 1)[-1].encode()
+    info = {b"file tree": {name: {b"": {b"length": size, b"pieces root": b"r" * 32}}},
+            b"meta version": 2, b"name": name, b"piece length": 16 << 20, b"private": 1}
+    offer = swarm_offers.Offer(
+        path, hashlib.sha256(bencode(info)).hexdigest(), bencode({b"info": info}), publisher,
+        published or datetime.now(timezone.utc).isoformat(timespec="microseconds"), size)
+    data = tmp_path / "offer.signed"
+    data.write_bytes(offer.signed_bytes())
+    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(key), "-n", MANIFEST_NS,
+                    str(data)], check=True, capture_output=True)
+    return offer.signed((tmp_path / "offer.signed.sig").read_text().strip())
+
+
+def thief_sends(key, node, verb, data: bytes):
+    """The bytes given to a swarm verb on node with the stolen key (as_thief, in bytes)."""
+    return subprocess.run(
+        ["ssh", *access.ssh_options(FAULT), "-i", str(key), "-o", "IdentitiesOnly=yes",
+         f"replimesh@{node.address}", verb], input=data, capture_output=True, timeout=120,
+        check=False)
+
+
+def assert_one_line_refusal(done, needle=""):
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode != 0, (done.stdout, err)
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "refused" in err or "replimesh:" in err, err
+    assert needle in err, err
+
+
+def held_offers(key, node):
+    return as_thief(key, node, "replimesh-swarm have").stdout.split()
+
+
+def daemon_rss_kib(node):
+    return int(on(node, "ps -o rss= -p $(cat /var/lib/replimesh/swarm/daemon.lock)").stdout)
+
+
+@pytest.fixture
+def swarm_daemons(nodes):
+    for node in nodes.values():
+        as_sync_user(node, "replimesh swarm daemon --detach")
+    time.sleep(3)  # listening, its first offers and filter read
+    return nodes
+
+
+def test_a_kibibyte_offer_claiming_a_tebibyte_is_refused_and_the_daemon_stays_small(
+        swarm_daemons, stolen_key, tmp_path):
+    nodes = swarm_daemons
+    before = daemon_rss_kib(nodes["node2"])
+    offer = thief_offer(stolen_key, tmp_path)
+    assert len(offer.to_json()) < 1024
+    done = thief_sends(stolen_key, nodes["node2"], "replimesh-swarm offer",
+                       offer.to_json().encode())
+    assert_one_line_refusal(done, "piece layer does not match its size")
+    time.sleep(5)  # what a taken offer would cost shows within a tick of the daemon
+    after = daemon_rss_kib(nodes["node2"])
+    assert after - before < 20_000, (before, after)
+    assert offer.infohash not in held_offers(stolen_key, nodes["node2"])
+    honest_round_converges(nodes)
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"published": "9999-12-31T23:59:59.000000+00:00"}, "ahead of this node's clock"),
+    ({"publisher": "node3"}, "not signed by its publisher node3")],
+    ids=["dated-9999", "forged-publisher"])
+def test_an_offer_dated_far_ahead_or_for_another_publisher_is_refused(
+        nodes, stolen_key, tmp_path, change, needle):
+    offer = thief_offer(stolen_key, tmp_path, path="blocked.bin", size=1000, **change)
+    done = thief_sends(stolen_key, nodes["node2"], "replimesh-swarm offer",
+                       offer.to_json().encode())
+    assert_one_line_refusal(done, needle)
+    assert offer.infohash not in held_offers(stolen_key, nodes["node2"])
+
+
+@pytest.mark.parametrize("sent", [
+    b"[" * 200_000, b'{"path": "\xff\xfe"}', b'{"size": 1' + b"0" * 200_000 + b"}",
+    b"{" * 40 + b"x" * (40 << 20)], ids=["deep", "not-utf8", "huge-number", "huge"])
+def test_malformed_swarm_input_gets_a_one_line_refusal(nodes, stolen_key, sent):
+    done = thief_sends(stolen_key, nodes["node2"], "replimesh-swarm offer", sent)
+    assert_one_line_refusal(done, "offer from node1")
+
+
+def test_the_swarm_port_drops_a_non_peer_before_tls(swarm_daemons):
+    """The controller is on the lab's network but in no peer list: its connection to
+    node2's swarm port never opens (no TLS handshake to try). node1, a peer, connects."""
+    nodes = swarm_daemons
+    node2 = nodes["node2"]
+    with pytest.raises(OSError):
+        socket.create_connection((node2.address, SWARM_PORT), timeout=3).close()
+    reached = on(nodes["node1"], f"timeout 5 bash -c '</dev/tcp/{node2.address}/"
+                                 f"{SWARM_PORT}' && echo open", check=False)
+    assert reached.stdout.strip() == "open", reached.stderr

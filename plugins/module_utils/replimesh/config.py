@@ -62,6 +62,16 @@ class Config:
     swarm_ca: str = ""
     swarm_cert: str = ""
     swarm_key: str = ""
+    # What a peer's offers may claim (swarm_offers.check_bounds): a file's size, how many
+    # files and bytes one publisher has on offer at once, and how far ahead of this node's
+    # clock an offer may be dated (a later date would win over every honest version).
+    swarm_max_file_bytes: int = 1 << 40
+    swarm_max_offers_per_publisher: int = 64
+    swarm_max_bytes_per_publisher: int = 4 << 40
+    swarm_clock_margin_s: int = 600
+    # The node's sync key signs its offers; peers check them against its ssh_key in the
+    # peer list, so an offer relayed by any node still names its true publisher.
+    swarm_signing_key: str = "/var/lib/replimesh/.ssh/id_ed25519"
 
 
 _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_file": str,
@@ -72,7 +82,9 @@ _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_fil
           "lock_wait": int, "conflict_policy": str, "backup_days": int,
           "max_delete_share": (int, float), "swarm_root": str, "swarm_dir": str,
           "swarm_port": int, "swarm_seed_hours": int, "swarm_ca": str, "swarm_cert": str,
-          "swarm_key": str}
+          "swarm_key": str, "swarm_max_file_bytes": int,
+          "swarm_max_offers_per_publisher": int, "swarm_max_bytes_per_publisher": int,
+          "swarm_clock_margin_s": int, "swarm_signing_key": str}
 POLICIES = ("newer", "keep-both")
 PREFER = "prefer:"
 
@@ -114,7 +126,9 @@ def parse(data: Any, origin: str = "config") -> Config:
     if len(set(roots)) != len(roots):
         raise ConfigError(f"{origin}: roots lists the same path twice")
     for key in ("connect_timeout", "session_timeout", "idle_timeout", "ssh_port", "lock_wait",
-                "swarm_port", "swarm_seed_hours"):
+                "swarm_port", "swarm_seed_hours", "swarm_max_file_bytes",
+                "swarm_max_offers_per_publisher", "swarm_max_bytes_per_publisher",
+                "swarm_clock_margin_s"):
         if key in data and data[key] <= 0:
             raise ConfigError(f"{origin}: {key} must be positive")
     if data.get("backup_days", 0) < 0:

@@ -166,7 +166,7 @@ def _swarm(cfg: Config, peer: str, verb: str) -> int:
         if verb == swarm_mesh.HAVE:
             answer = swarm_mesh.answer_have(cfg)
         else:
-            answer = swarm_mesh.answer_offer(cfg, peer, sys.stdin.read())
+            answer = swarm_mesh.answer_offer(cfg, peer, sys.stdin.buffer)
     except ConfigError as error:
         journal.append(cfg, LOG, f"{verb} from {peer} refused: {error}")
         print(f"replimesh: {error}", file=sys.stderr)

@@ -24,9 +24,9 @@ def allowed_signers(public_key: str) -> str:
     return f'{PRINCIPAL} namespaces="{NAMESPACE}" {kind} {blob}\n'
 
 
-def sign(private_key: str, data: bytes) -> str:
+def sign(private_key: str, data: bytes, namespace: str = NAMESPACE) -> str:
     """The armored signature of data by the key at private_key."""
-    done = subprocess.run([SSH_KEYGEN, "-q", "-Y", "sign", "-f", private_key, "-n", NAMESPACE],
+    done = subprocess.run([SSH_KEYGEN, "-q", "-Y", "sign", "-f", private_key, "-n", namespace],
                           input=data, capture_output=True, check=False, timeout=60)
     if done.returncode != 0 or b"BEGIN SSH SIGNATURE" not in done.stdout:
         why = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
@@ -34,15 +34,17 @@ def sign(private_key: str, data: bytes) -> str:
     return done.stdout.decode().strip()
 
 
-def verify(signers_file: str, data: bytes, signature: str) -> bool:
-    """Whether signature is the operator's over data (False for anything else)."""
+def verify(signers_file: str, data: bytes, signature: str, principal: str = PRINCIPAL,
+           namespace: str = NAMESPACE) -> bool:
+    """Whether signature is principal's (the operator's unless told) over data, for
+    namespace (False for anything else)."""
     if "BEGIN SSH SIGNATURE" not in signature:
         return False
     with tempfile.NamedTemporaryFile("w", suffix=".sig", delete=False) as sig:
         sig.write(signature + "\n")
     try:
-        done = subprocess.run([SSH_KEYGEN, "-Y", "verify", "-f", signers_file, "-I", PRINCIPAL,
-                               "-n", NAMESPACE, "-s", sig.name],
+        done = subprocess.run([SSH_KEYGEN, "-Y", "verify", "-f", signers_file, "-I", principal,
+                               "-n", namespace, "-s", sig.name],
                               input=data, capture_output=True, check=False, timeout=60)
     finally:
         os.unlink(sig.name)

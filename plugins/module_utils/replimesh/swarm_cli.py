@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from . import swarm_daemon, swarm_mesh, swarm_offers
+from . import swarm_daemon, swarm_firewall, swarm_mesh, swarm_offers
 from .errors import ConfigError
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -34,6 +34,10 @@ def add_parser(verbs) -> None:
                                            "pieces are fetched again")
     verify.add_argument("path", help="the file, absolute or relative to the swarm root")
     verify.set_defaults(handler=_verify)
+    firewall = sub.add_parser("firewall", help="(root) open the swarm port to the active "
+                                               "peers' addresses only")
+    firewall.add_argument("--quiet", action="store_true", help="print nothing (for cron)")
+    firewall.set_defaults(handler=_firewall)
 
 
 def _publish(cfg, args) -> int:
@@ -102,4 +106,13 @@ def _verify(cfg, args) -> int:
     with open(os.path.join(folder, offer.infohash), "w", encoding="utf-8"):
         pass
     print(f"verifying {rel} against {offer.infohash}: see `replimesh swarm status`")
+    return EXIT_OK
+
+
+def _firewall(cfg, args) -> int:
+    if os.geteuid() != 0:
+        raise ConfigError("swarm firewall changes iptables rules: run it as root")
+    for line in swarm_firewall.apply(cfg):
+        if not args.quiet:
+            print(line)
     return EXIT_OK

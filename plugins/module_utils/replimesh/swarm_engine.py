@@ -14,6 +14,7 @@ import os
 import socket
 from datetime import datetime, timezone
 
+from . import swarm_manifest
 from .config import Config
 from .errors import ConfigError
 from .swarm_offers import Offer, piece_size, relative_path
@@ -69,28 +70,19 @@ def make_offer(cfg: Config, path: str, now: datetime | None = None) -> Offer:
 
 def check(offer: Offer, source: str):
     """The offer's torrent_info, once its manifest is shown to match what the offer says:
-    read from the bencoded info dictionary, since libtorrent releases differ in how they
-    show a v2 file (2.1 adds a tail pad file)."""
+    its structure read by swarm_manifest before libtorrent sees it (libtorrent sizes its
+    hash trees from the size claimed), then its info-hash as libtorrent computes it."""
+    problem = swarm_manifest.problem(offer.torrent, os.path.basename(offer.path), offer.size)
+    if problem:
+        raise ConfigError(f"offer of {offer.path!r} from {source}: {problem}")
     lib = lt()
     try:
         info = lib.torrent_info(offer.torrent)
-        meta = lib.bdecode(offer.torrent)[b"info"]
-    except (RuntimeError, KeyError, TypeError) as error:
+    except RuntimeError as error:
         raise ConfigError(f"offer from {source}: the manifest does not parse: {error}") from None
-    name = os.path.basename(offer.path)
-    tree = meta.get(b"file tree", {})
-    entry = tree.get(name.encode(), {}).get(b"", {})
-    problem = None
     if str(info.info_hashes().v2) != offer.infohash:
-        problem = "its info-hash is not the one named"
-    elif meta.get(b"name") != name.encode() or len(tree) != 1 or not entry:
-        problem = f"it must hold the one file {name}"
-    elif entry.get(b"length") != offer.size:
-        problem = "its size is not the one named"
-    elif meta.get(b"private") != 1:
-        problem = "it is not a private torrent"
-    if problem:
-        raise ConfigError(f"offer of {offer.path} from {source}: {problem}")
+        raise ConfigError(f"offer of {offer.path!r} from {source}: its info-hash is not the "
+                          "one named")
     return info
 
 

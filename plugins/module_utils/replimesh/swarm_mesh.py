@@ -13,8 +13,9 @@ import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from . import journal, membership, swarm_engine, swarm_offers
+from . import journal, membership, swarm_engine, swarm_offers, swarm_signing
 from .config import Config
 from .errors import ConfigError
 from .swarm_daemon import write_done
@@ -23,6 +24,7 @@ from .swarm_offers import Offer
 OFFER = "replimesh-swarm offer"
 HAVE = "replimesh-swarm have"
 VERBS = (OFFER, HAVE)
+MAX_SENT = swarm_offers.MAX_OFFER_BYTES * 2  # base64 and JSON around the largest manifest
 
 
 @dataclass
@@ -39,7 +41,7 @@ def publish(cfg: Config, path: str, progress=None) -> tuple[Offer, list[Sent]]:
     if not os.access(os.path.join(cfg.swarm_root, rel), os.R_OK):
         raise ConfigError(f"{path} is not readable by {cfg.user}, who seeds it: "
                           f"chown {cfg.user} it")
-    offer = swarm_engine.make_offer(cfg, rel)
+    offer = swarm_signing.sign(cfg, swarm_engine.make_offer(cfg, rel))
     swarm_offers.store(cfg, offer)
     write_done(cfg, offer)
     journal.append(cfg, "swarm.log", f"published {offer.path} as {offer.infohash}")
@@ -67,11 +69,17 @@ def share(cfg: Config, address: str) -> int:
     return len(missing)
 
 
-def answer_offer(cfg: Config, peer: str, text: str) -> str:
-    """The serving side: check the offer from peer and keep it."""
-    offer = swarm_offers.parse(text, peer)
+def answer_offer(cfg: Config, peer: str, stream: BinaryIO) -> str:
+    """The serving side: read the offer from peer (at most the largest an offer may be),
+    check it, cheapest checks first, and keep it; ConfigError saying why not."""
+    sent = stream.read(MAX_SENT + 1)
+    if len(sent) > MAX_SENT:
+        raise ConfigError(f"offer from {peer} is larger than {MAX_SENT} bytes")
+    offer = swarm_offers.parse(sent, peer)
+    swarm_offers.check_bounds(cfg, offer, peer)
+    swarm_signing.check(cfg, offer, peer)
     swarm_engine.check(offer, peer)
-    taken = swarm_offers.store(cfg, offer)
+    taken = swarm_offers.store(cfg, offer, source=peer)
     journal.append(cfg, "swarm.log", f"{'took' if taken else 'already held'} offer of "
                                      f"{offer.path} ({offer.infohash[:16]}) from {peer}")
     return "offered\n" if taken else "held\n"

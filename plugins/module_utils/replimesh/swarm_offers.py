@@ -15,7 +15,8 @@ import contextlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 
 from .config import Config
 from .errors import ConfigError
@@ -25,6 +26,8 @@ MAX_OFFER_BYTES = 16 << 20   # a 500 GB file in 16 MiB pieces has a ~1 MB manife
 STAGING = ".replimesh-swarm"  # under the swarm root: same filesystem, so the final move
                               # into place is an atomic rename
 _INFOHASH = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a node name, as the list has it
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -35,12 +38,23 @@ class Offer:
     publisher: str    # the node that published it
     published: str    # UTC, ISO 8601 with microseconds: orders versions of a path
     size: int
+    signature: str = ""  # the publisher's, over signed_bytes() (swarm_signing.py)
 
     def to_json(self) -> str:
         return json.dumps({"path": self.path, "infohash": self.infohash,
                            "torrent": base64.b64encode(self.torrent).decode(),
                            "publisher": self.publisher, "published": self.published,
-                           "size": self.size}, sort_keys=True)
+                           "size": self.size, "signature": self.signature}, sort_keys=True)
+
+    def signed_bytes(self) -> bytes:
+        """What the publisher signs: every field but the manifest, which the info-hash
+        stands for (swarm_engine.check shows the manifest has that info-hash)."""
+        return json.dumps({"path": self.path, "infohash": self.infohash,
+                           "publisher": self.publisher, "published": self.published,
+                           "size": self.size}, sort_keys=True).encode()
+
+    def signed(self, signature: str) -> Offer:
+        return replace(self, signature=signature)
 
     def newer_than(self, other: Offer) -> bool:
         return (self.published, self.infohash) > (other.published, other.infohash)
@@ -74,7 +88,7 @@ def relative_path(cfg: Config, path: str) -> str:
 def check_relative(rel: str, origin: str) -> None:
     parts = rel.split("/")
     if (not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts)
-            or parts[0] == STAGING or "\0" in rel):
+            or parts[0] == STAGING or _CONTROL.search(rel)):
         raise ConfigError(f"{origin}: {rel!r} is not a clean path under the swarm root")
 
 
@@ -87,26 +101,76 @@ def staging_dir(cfg: Config, offer: Offer) -> str:
     return os.path.join(cfg.swarm_root, STAGING, offer.infohash[:32])
 
 
-def parse(text: str, source: str) -> Offer:
-    """An offer received from a peer; ConfigError naming the source and the fault."""
+def parse(text: str | bytes, source: str) -> Offer:
+    """An offer received from a peer; ConfigError naming the source and the fault in one
+    line, whatever the input (not UTF-8, nested deep, numbers of any size)."""
     if len(text) > MAX_OFFER_BYTES * 2:
-        raise ConfigError(f"offer from {source} is larger than {MAX_OFFER_BYTES} bytes")
+        raise ConfigError(f"offer from {source} is larger than {MAX_OFFER_BYTES * 2} bytes")
     try:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
         offer = Offer(path=data["path"], infohash=data["infohash"],
                       torrent=base64.b64decode(data["torrent"], validate=True),
                       publisher=data["publisher"], published=data["published"],
-                      size=data["size"])
-    except (ValueError, KeyError, TypeError, binascii.Error) as error:
-        raise ConfigError(f"offer from {source} is malformed: {error}") from None
-    if not all(isinstance(v, str) for v in (offer.path, offer.publisher, offer.published)):
-        raise ConfigError(f"offer from {source}: path, publisher, published must be strings")
+                      size=data["size"], signature=data.get("signature", ""))
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as error:
+        why = f"{type(error).__name__}: {str(error)[:200]}"
+        raise ConfigError(f"offer from {source} is malformed: {why!r}") from None
+    if not all(isinstance(v, str) for v in (offer.path, offer.publisher, offer.published,
+                                            offer.signature)):
+        raise ConfigError(f"offer from {source}: path, publisher, published, signature "
+                          "must be strings")
     if not isinstance(offer.size, int) or isinstance(offer.size, bool) or offer.size < 0:
         raise ConfigError(f"offer from {source}: size must be a whole number of bytes")
-    if not _INFOHASH.match(offer.infohash):
+    if not isinstance(offer.infohash, str) or not _INFOHASH.match(offer.infohash):
         raise ConfigError(f"offer from {source}: infohash must be 64 hex digits")
+    if not _NAME.match(offer.publisher):
+        raise ConfigError(f"offer from {source}: publisher {offer.publisher[:80]!r} is not a "
+                          "node name")
     check_relative(offer.path, f"offer from {source}")
+    published_at(offer, source)
     return offer
+
+
+def published_at(offer: Offer, source: str) -> datetime:
+    """The offer's date, in UTC; ConfigError when it is not one."""
+    try:
+        when = datetime.fromisoformat(offer.published)
+    except ValueError:
+        when = None
+    if when is None or when.utcoffset() != timedelta(0):
+        raise ConfigError(f"offer from {source}: published {offer.published[:40]!r} is not "
+                          "a UTC date and time")
+    return when
+
+
+def check_bounds(cfg: Config, offer: Offer, source: str, now: datetime | None = None) -> None:
+    """Refuse an offer beyond what this node takes from anyone: a file over the maximum
+    size, or a date ahead of this node's clock by more than the margin (it would win
+    over every later honest version of its path)."""
+    if offer.size > cfg.swarm_max_file_bytes:
+        raise ConfigError(f"offer of {offer.path!r} from {source}: {offer.size} bytes is over "
+                          f"the maximum file size, {cfg.swarm_max_file_bytes} bytes")
+    now = now or datetime.now(timezone.utc)
+    if published_at(offer, source) > now + timedelta(seconds=cfg.swarm_clock_margin_s):
+        raise ConfigError(f"offer of {offer.path!r} from {source}: dated {offer.published!r},"
+                          f" more than {cfg.swarm_clock_margin_s} s ahead of this node's clock")
+
+
+def check_quota(cfg: Config, offer: Offer, held: dict[str, Offer], source: str) -> None:
+    """Refuse an offer that would give its publisher more files or bytes on offer here
+    than the limits (the version it replaces does not count)."""
+    mine = [o for o in current(held).values()
+            if o.publisher == offer.publisher and o.path != offer.path]
+    if len(mine) + 1 > cfg.swarm_max_offers_per_publisher:
+        raise ConfigError(f"offer of {offer.path!r} from {source}: {offer.publisher} already "
+                          f"has {len(mine)} files on offer here, the most one publisher may")
+    total = sum(o.size for o in mine) + offer.size
+    if total > cfg.swarm_max_bytes_per_publisher:
+        raise ConfigError(f"offer of {offer.path!r} from {source}: {offer.publisher} would "
+                          f"have {total} bytes on offer here, over the limit of "
+                          f"{cfg.swarm_max_bytes_per_publisher}")
 
 
 # --- the offers a node holds: one JSON file per offer in <swarm_dir>/offers ---
@@ -115,14 +179,17 @@ def _offers_dir(cfg: Config) -> str:
     return os.path.join(cfg.swarm_dir, "offers")
 
 
-def store(cfg: Config, offer: Offer) -> bool:
+def store(cfg: Config, offer: Offer, source: str = "") -> bool:
     """Keep the offer unless it is already held or an offer for the same path is newer;
-    True when it was taken."""
+    True when it was taken. From a peer (source): ConfigError when it would pass its
+    publisher's limits."""
     held = load_all(cfg)
     if offer.infohash in held:
         return False
     if any(o.path == offer.path and o.newer_than(offer) for o in held.values()):
         return False
+    if source:
+        check_quota(cfg, offer, held, source)
     os.makedirs(_offers_dir(cfg), mode=0o750, exist_ok=True)
     write_json(os.path.join(_offers_dir(cfg), offer.infohash + ".json"),
                json.loads(offer.to_json()))
