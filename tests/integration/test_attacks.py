@@ -122,7 +122,7 @@ def thief_sends(key, node, command, data: bytes):
 @pytest.mark.parametrize("data", [
     b"[" * 200_000,
     b'{"format": 2, "peers": [{"name": "\xff\x1b[2J"}]}',
-    b'{"format": 2, "peers": [{"name": "\udcff"}]}',
+    b'{"format": 2, "peers": [{"name": "\\udcff"}]}',
     b'{"format": 2, "peers": [], "n": ' + b"9" * 1_000_000 + b"}",
     b'{"format": 2, "peers": [{"name": "n", "version": 1e999}]}',
     b'{"format": 2, "peers": [{"name": "' + b"x" * 1_000_000 + b'"}]}',
