@@ -344,6 +344,8 @@ def test_exchange_sends_my_list_and_takes_the_answer(node, tmp_path):
     ("echo 'debug1: noise' >&2\necho 'Permission denied (publickey).' >&2\nexit 255\n",
      r"^peer list not exchanged: Permission denied \(publickey\).$"),
     ("echo garbage\n", "^peer list from 127.0.0.2 is not JSON"),
+    ("printf '{\"x\": \"\\377\"}'\n", r"^peer list from 127.0.0.2 is not UTF-8 \(byte 7\)$"),
+    ("printf '\\377 refused' >&2; exit 1\n", "^peer list not exchanged: \ufffd refused$"),
 ])
 def test_a_failed_exchange_says_why(node, tmp_path, body, needle):
     cfg = replace(node, ssh=script(tmp_path, "stand-in-ssh", body))

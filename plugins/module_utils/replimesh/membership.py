@@ -175,14 +175,16 @@ def exchange(cfg: Config, address: str, attach: dict | None = None) -> Accepted:
     argv = [cfg.ssh, "-o", f"ConnectTimeout={cfg.connect_timeout}", "-p", str(cfg.ssh_port),
             f"{cfg.user}@{address}", EXCHANGE]
     try:
-        done = subprocess.run(argv, input=mine, capture_output=True, text=True, check=False,
+        done = subprocess.run(argv, input=mine.encode(), capture_output=True, check=False,
                               timeout=cfg.connect_timeout + 60)
     except subprocess.TimeoutExpired:
         raise ConfigError("peer list exchange timed out") from None
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    if done.returncode != 0:  # the peer's words: decoded leniently, logged escaped
+        why = (done.stderr.decode(errors="replace").strip().splitlines()
+               or [f"exit {done.returncode}"])[-1]
         raise ConfigError(f"peer list not exchanged: {why}")
-    answer = read_sent(done.stdout, address)
+    what = f"peer list from {address}"
+    answer = read_sent(peer_input.decode(done.stdout, what), address)
     outcome = accept(cfg, peer_list.parse(answer, f"peer list from {address}"), address,
                      new_names=MAX_NEW_NAMES)
     outcome.answer = answer
