@@ -1,6 +1,7 @@
 """A node's peer list: taking in signed entries, applying them to the SSH files, and the
 exchange with a peer. Signatures are real (ssh-keygen), made by the test operator key."""
 
+import fcntl
 import json
 import os
 import stat
@@ -226,10 +227,87 @@ def test_answer_exchange_takes_the_peers_list_and_answers_with_the_merge(node):
                for line in log(node))
 
 
+def bogus(count, version=9):
+    """count tombstones of names unknown here, with a well-formed signature over
+    something else: each one costs a real check."""
+    other = entry("node1").signature
+    return {f"bogus{n:05d}": replace(entry(f"bogus{n:05d}", state="removed", owner=None,
+                                           version=version), signature=other)
+            for n in range(count)}
+
+
+def test_an_exchange_checks_known_names_and_a_few_new_ones(node, monkeypatch):
+    checked = []
+    verify = membership.signature.verify
+    monkeypatch.setattr(membership.signature, "verify",
+                        lambda *args: checked.append(args) or verify(*args))
+    good_new = {f"new{n:02d}": entry(f"new{n:02d}", state="removed")
+                for n in range(membership.MAX_NEW_NAMES + 5)}
+    incoming = {**good_new, "node2": entry("node2", version=2, address="127.0.0.12")}
+    outcome = membership.accept(node, incoming, "node2", new_names=membership.MAX_NEW_NAMES)
+    assert len(checked) == membership.MAX_NEW_NAMES + 1
+    assert outcome.changed == sorted(["node2", *sorted(good_new)[:membership.MAX_NEW_NAMES]])
+    assert outcome.unchecked == 5
+    assert log(node)[-1].endswith("5 names new here from node2 left for later exchanges (at "
+                                  f"most {membership.MAX_NEW_NAMES} an exchange)")
+    again = membership.accept(node, incoming, "node2", new_names=membership.MAX_NEW_NAMES)
+    assert again.changed == sorted(good_new)[membership.MAX_NEW_NAMES:]
+
+
+def test_checking_stops_at_a_senders_first_bad_signature_logged_once(node, monkeypatch):
+    checked = []
+    verify = membership.signature.verify
+    monkeypatch.setattr(membership.signature, "verify",
+                        lambda *args: checked.append(args) or verify(*args))
+    incoming = {**bogus(5000), "node2": entry("node2", version=2, address="127.0.0.12")}
+    outcome = membership.accept(node, incoming, "node3", new_names=membership.MAX_NEW_NAMES)
+    assert (outcome.changed, outcome.ignored) == (["node2"], ["bogus00000"])
+    assert len(checked) == 2  # the known name first, then the first new one
+    assert outcome.unchecked == 4999
+    ignored, = [line for line in log(node) if " ignored " in line]
+    assert ignored.endswith(" ignored bogus00000 v9 removed - from node3: not signed by the "
+                            "operator key; 4999 more changed entries from it not checked")
+
+
+def test_signatures_are_checked_before_the_lock_is_taken(node, monkeypatch):
+    held = []
+    verify = membership.signature.verify
+
+    def checking(*args):
+        with open(node.peers_file + ".lock", "a", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(args)
+        return verify(*args)
+    monkeypatch.setattr(membership.signature, "verify", checking)
+    membership.accept(node, signed([{"name": "node3"}]), "node2")
+    assert membership.load(node)["node3"] == entry("node3")
+    assert held == []
+
+
+def test_an_entry_taken_by_another_session_meanwhile_is_not_taken_again(node, monkeypatch):
+    verify = membership.signature.verify
+
+    def meanwhile(*args):  # another exchange writes a newer node3 during our checks
+        monkeypatch.setattr(membership.signature, "verify", verify)
+        membership.accept(node, signed([{"name": "node3", "version": 5}]), "node4")
+        return verify(*args)
+    monkeypatch.setattr(membership.signature, "verify", meanwhile)
+    outcome = membership.accept(node, signed([{"name": "node3", "version": 2}]), "node2")
+    assert outcome.changed == []
+    assert membership.load(node)["node3"].version == 5
+
+
 @pytest.mark.parametrize("sent, needle", [
     ("x" * (membership.MAX_EXCHANGE_BYTES + 1),
      "peer list from node2 is larger than 33554432 bytes"),
     ("[" * 100_000, "peer list from node2 is nested too deeply"),
+    ('{"format": 2, "peers": [], "x": ' + "9" * 5000 + "}",
+     "peer list from node2 is not JSON: a number of 5000 digits"),
+    ('{"format": 2, "peers": [], "x": 1e999}', "peer list from node2 is not JSON: a number "
+                                                "out of range"),
+    ('{"format": 2, "peers": [], "x": NaN}', "peer list from node2 is not JSON: NaN is not"),
     ("{not json", "peer list from node2 is not JSON: "),
     ('{"peers": []}', "peer list from node2: expected an object"),
 ])
@@ -266,6 +344,8 @@ def test_exchange_sends_my_list_and_takes_the_answer(node, tmp_path):
     ("echo 'debug1: noise' >&2\necho 'Permission denied (publickey).' >&2\nexit 255\n",
      r"^peer list not exchanged: Permission denied \(publickey\).$"),
     ("echo garbage\n", "^peer list from 127.0.0.2 is not JSON"),
+    ("printf '{\"x\": \"\\377\"}'\n", r"^peer list from 127.0.0.2 is not UTF-8 \(byte 7\)$"),
+    ("printf '\\377 refused' >&2; exit 1\n", "^peer list not exchanged: \ufffd refused$"),
 ])
 def test_a_failed_exchange_says_why(node, tmp_path, body, needle):
     cfg = replace(node, ssh=script(tmp_path, "stand-in-ssh", body))

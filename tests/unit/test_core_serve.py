@@ -2,7 +2,6 @@
 peer-list exchange from an active peer pass, every decision logged."""
 
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -11,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from plugins.module_utils.replimesh import children, confine, membership, replica, serve
+from plugins.module_utils.replimesh import children, confine, membership, peer_input, replica, serve
 from plugins.module_utils.replimesh import peers as peer_list
+from plugins.module_utils.replimesh.errors import ConfigError
 from plugins.module_utils.replimesh.serve import Refused
 
 from .support import script, signed, write_node
@@ -250,10 +250,18 @@ def test_a_removed_node_refuses_everyone(tmp_path, command):
         serve.check(cfg, "node2", command)
 
 
-def test_serve_runs_the_exchange_in_process(cfg, monkeypatch, capsys):
-    sent = peer_list.dumps(signed([*PEERS, {"name": "node4"}]))
+def send(monkeypatch, tmp_path, data):
+    """The exchange's request on serve's standard input, a real file (it is read by fd)."""
+    path = tmp_path / "request"
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    stdin = open(path, encoding="utf-8")  # noqa: SIM115 (closed after the test)
+    monkeypatch.setattr(sys, "stdin", stdin)
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", membership.EXCHANGE)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(sent))
+    return stdin
+
+
+def test_serve_runs_the_exchange_in_process(cfg, monkeypatch, capsys, tmp_path):
+    send(monkeypatch, tmp_path, peer_list.dumps(signed([*PEERS, {"name": "node4"}])))
     assert serve.serve(cfg, "node2") == 0
     answer = peer_list.parse(json.loads(capsys.readouterr().out))
     assert sorted(answer) == ["node1", "node2", "node3", "node4"]
@@ -261,10 +269,9 @@ def test_serve_runs_the_exchange_in_process(cfg, monkeypatch, capsys):
     assert log_lines(cfg)[-1].endswith(" accepted node2: peer list exchange")
 
 
-def test_a_failed_exchange_exits_one_and_is_logged(cfg, monkeypatch, capsys):
+def test_a_failed_exchange_exits_one_and_is_logged(cfg, monkeypatch, capsys, tmp_path):
     before = Path(cfg.peers_file).read_bytes()
-    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", membership.EXCHANGE)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("{not json"))
+    send(monkeypatch, tmp_path, "{not json")
     assert serve.serve(cfg, "node2") == 1
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -274,8 +281,39 @@ def test_a_failed_exchange_exits_one_and_is_logged(cfg, monkeypatch, capsys):
     assert Path(cfg.peers_file).read_bytes() == before
 
 
-def test_an_exchange_reads_no_more_than_the_limit(cfg, monkeypatch, capsys):
-    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", membership.EXCHANGE)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(" " * (membership.MAX_EXCHANGE_BYTES + 10)))
+def test_an_exchange_reads_no_more_than_the_limit(cfg, monkeypatch, capsys, tmp_path):
+    send(monkeypatch, tmp_path, " " * (membership.MAX_EXCHANGE_BYTES + 10))
     assert serve.serve(cfg, "node2") == 1
     assert "is larger than" in capsys.readouterr().err
+
+
+def test_an_exchange_that_sends_nothing_is_cut_off(cfg, monkeypatch, capsys):
+    reader, writer = os.pipe()  # the peer keeps its end open and sends nothing
+    monkeypatch.setattr(peer_input, "GRACE_S", 0.3)
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", membership.EXCHANGE)
+    with os.fdopen(reader) as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        started = time.monotonic()
+        assert serve.serve(cfg, "node2") == 1
+        assert time.monotonic() - started < 2
+    os.close(writer)
+    assert "0 bytes in 0 s, too slow" in capsys.readouterr().err
+    line, = log_lines(cfg)
+    assert "exchange with node2 failed: peer list from node2: 0 bytes" in line
+
+
+def test_an_exchange_that_dribbles_is_cut_off():
+    reader, writer = os.pipe()
+    os.write(writer, b"{" * 10)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="10 bytes in 0 s, too slow"):
+        peer_input.read(reader, 100, "test", grace_s=0.2, min_rate=1000)
+    assert time.monotonic() - started < 1
+    os.close(reader)
+    os.close(writer)
+
+
+def test_an_exchange_of_invalid_utf8_is_one_line(cfg, monkeypatch, capsys, tmp_path):
+    send(monkeypatch, tmp_path, b'{"format": 2, "peers": ["\xff\n"]}')
+    assert serve.serve(cfg, "node2") == 1
+    assert capsys.readouterr().err == "replimesh: peer list from node2 is not UTF-8 (byte 25)\n"

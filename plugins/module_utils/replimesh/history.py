@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import joins
+from . import joins, peer_input
 from .errors import ConfigError
 
 DELETED, REPLACED = "deleted", "replaced"
@@ -133,7 +133,8 @@ def parse_record(item: Any, where: str, now: float) -> tuple[Version, Fate]:
         raise ConfigError(f"{where}: expected [path, digest, mtime, kind, node, time]")
     path, digest, mtime, kind, node, time = item
     if not clean_path(path):
-        raise ConfigError(f"{where}: path {str(path)[:80]!r} is not a clean relative path")
+        raise ConfigError(f"{where}: path {peer_input.preview(path)} is not a clean relative "
+                          "path")
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise ConfigError(f"{where}: digest must be 64 hex digits or \"dir\"")
     for name, value in (("mtime", mtime), ("time", time)):

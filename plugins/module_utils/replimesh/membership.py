@@ -6,6 +6,7 @@ the operator's key are taken; others are ignored and logged. Taking entries in a
 applying them happen under one lock, so concurrent sessions never lose an update.
 Applying regenerates the sync user's authorized_keys and known_hosts from the active
 entries: a removed node's key stops working here as soon as this node hears of it.
+A peer's list costs a bounded amount of work: see accept.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import journal, signature
+from . import journal, peer_input, signature
 from . import peers as peer_list
 from .config import DEPLOY_HINT, Config, read_json
 from .errors import ConfigError
@@ -30,16 +31,20 @@ EXCHANGE = "replimesh peers exchange"   # what a peer asks `replimesh serve` to 
 # What one side of an exchange may send: a peer list of thousands of nodes and the
 # replicas' histories (bounded on their own, history.MAX_RECORDS) still fit.
 MAX_EXCHANGE_BYTES = 32 << 20
+# Names new to this node that one exchange may bring (each costs a signature check): a
+# node that missed the deploy of a few nodes learns them in one round.
+MAX_NEW_NAMES = 16
 
 
 @dataclass
 class Accepted:
     """What taking in a list changed: names of entries added or replaced, and ignored."""
     changed: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)   # bad signature: not taken
+    ignored: list[str] = field(default_factory=list)   # the first bad signature: not taken
     before: Peers = field(default_factory=dict)
     after: Peers = field(default_factory=dict)
     answer: dict = field(default_factory=dict)   # the peer's whole answer to an exchange
+    unchecked: int = 0   # changed entries not checked: after a bad one, or over the limit
 
 
 def load(cfg: Config) -> Peers:
@@ -55,38 +60,68 @@ def load(cfg: Config) -> Peers:
 
 
 def accept(cfg: Config, incoming: Peers, source: str, write: bool = True,
-           missing_ok: bool = False) -> Accepted:
+           missing_ok: bool = False, new_names: int | None = None) -> Accepted:
     """Merge the operator-signed entries of incoming into this node's list and apply it.
 
+    Signatures are checked before the list's lock is taken (each check runs ssh-keygen),
+    and stop at the first bad one: the rest of that sender's entries are not checked.
+    new_names: at most that many names this node does not know yet are checked (a
+    peer's exchange); the others wait for a later exchange.
     With write=False (check mode) nothing is written: the result says what would change.
     missing_ok: a node with no list yet (first deploy) starts from an empty one.
     """
+    good, bad, unchecked = _verified(cfg, _mine(cfg, missing_ok), incoming, new_names)
     with _locked(cfg) if write else nullcontext():
-        mine = {} if missing_ok and not os.path.exists(cfg.peers_file) else load(cfg)
-        outcome = Accepted(before=mine)
-        good = {}
-        for name, entry in sorted(peer_list.newer(mine, incoming).items()):
-            if signature.verify(cfg.operator_signers, peer_list.payload(entry),
-                                entry.signature):
-                good[name] = entry
-            else:
-                outcome.ignored.append(name)
-                if write:
-                    journal.append(cfg, LOG, f"ignored {peer_list.describe(entry)} from "
-                                             f"{source}: not signed by the operator key")
-        outcome.after = peer_list.merge(mine, good)
-        outcome.changed = sorted(good)
+        mine = _mine(cfg, missing_ok)  # again: another session may have written meanwhile
+        taken = peer_list.newer(mine, good)
+        outcome = Accepted(before=mine, ignored=[bad.name] if bad else [],
+                           unchecked=unchecked)
+        outcome.after = peer_list.merge(mine, taken)
+        outcome.changed = sorted(taken)
         # Entries can be valid one by one and clash once merged (an address still held by
         # an older entry here): never write a list that load() would refuse.
         peer_list.parse(peer_list.to_json(outcome.after), f"the list merged from {source}")
         if write:
-            if good:
+            if taken:
                 _write(cfg.peers_file, peer_list.dumps(outcome.after), 0o644)
                 for name in outcome.changed:
-                    journal.append(cfg, LOG, f"took {peer_list.describe(good[name])} "
+                    journal.append(cfg, LOG, f"took {peer_list.describe(taken[name])} "
                                              f"from {source}")
             apply(cfg, outcome.after)
+    if write and bad:  # one line per sender, however many entries it sent
+        journal.append(cfg, LOG, f"ignored {peer_list.describe(bad)} from {source}: not "
+                                 "signed by the operator key" + (
+                                     f"; {unchecked} more changed entries from it not "
+                                     "checked" if unchecked else ""))
+    elif write and unchecked:
+        journal.append(cfg, LOG, f"{unchecked} names new here from {source} left for later "
+                                 f"exchanges (at most {new_names} an exchange)")
     return outcome
+
+
+def _mine(cfg: Config, missing_ok: bool) -> Peers:
+    return {} if missing_ok and not os.path.exists(cfg.peers_file) else load(cfg)
+
+
+def _verified(cfg: Config, mine: Peers, incoming: Peers,
+              new_names: int | None) -> tuple[Peers, Entry | None, int]:
+    """(the entries of incoming that would change mine and carry the operator's
+    signature, the first that does not, how many were not checked): entries of names
+    known here first, then at most new_names new names, in name order."""
+    changed = peer_list.newer(mine, incoming)
+    known = sorted(name for name in changed if name in mine)
+    new = sorted(name for name in changed if name not in mine)
+    if new_names is not None:
+        new = new[:new_names]
+    queue = known + new
+    good: Peers = {}
+    for number, name in enumerate(queue):
+        entry = changed[name]
+        if not signature.verify(cfg.operator_signers, peer_list.payload(entry),
+                                entry.signature):
+            return good, entry, len(changed) - number - 1
+        good[name] = entry
+    return good, None, len(changed) - len(queue)
 
 
 def apply(cfg: Config, peers: Peers) -> bool:
@@ -140,15 +175,18 @@ def exchange(cfg: Config, address: str, attach: dict | None = None) -> Accepted:
     argv = [cfg.ssh, "-o", f"ConnectTimeout={cfg.connect_timeout}", "-p", str(cfg.ssh_port),
             f"{cfg.user}@{address}", EXCHANGE]
     try:
-        done = subprocess.run(argv, input=mine, capture_output=True, text=True, check=False,
+        done = subprocess.run(argv, input=mine.encode(), capture_output=True, check=False,
                               timeout=cfg.connect_timeout + 60)
     except subprocess.TimeoutExpired:
         raise ConfigError("peer list exchange timed out") from None
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    if done.returncode != 0:  # the peer's words: decoded leniently, logged escaped
+        why = (done.stderr.decode(errors="replace").strip().splitlines()
+               or [f"exit {done.returncode}"])[-1]
         raise ConfigError(f"peer list not exchanged: {why}")
-    answer = read_sent(done.stdout, address)
-    outcome = accept(cfg, peer_list.parse(answer, f"peer list from {address}"), address)
+    what = f"peer list from {address}"
+    answer = read_sent(peer_input.decode(done.stdout, what), address)
+    outcome = accept(cfg, peer_list.parse(answer, f"peer list from {address}"), address,
+                     new_names=MAX_NEW_NAMES)
     outcome.answer = answer
     return outcome
 
@@ -158,7 +196,8 @@ def answer_exchange(cfg: Config, peer: str, sent: str,
     """The serving side of an exchange: take in the peer's list, answer with ours; more
     (given what the peer sent) adds fields of its own to the answer."""
     data = read_sent(sent, peer)
-    outcome = accept(cfg, peer_list.parse(data, f"peer list from {peer}"), peer)
+    outcome = accept(cfg, peer_list.parse(data, f"peer list from {peer}"), peer,
+                     new_names=MAX_NEW_NAMES)
     extra = more(data) if more else {}
     return json.dumps({**peer_list.to_json(outcome.after), **extra}, sort_keys=True) + "\n"
 
@@ -171,12 +210,7 @@ def read_sent(text: str, source: str) -> Any:
     """What a peer (or a file) sent, as JSON: bounded, and never a traceback."""
     if len(text) > MAX_EXCHANGE_BYTES:
         raise ConfigError(f"peer list from {source} is larger than {MAX_EXCHANGE_BYTES} bytes")
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise ConfigError(f"peer list from {source} is not JSON: {error}") from None
-    except RecursionError:
-        raise ConfigError(f"peer list from {source} is nested too deeply") from None
+    return peer_input.loads(text, f"peer list from {source}")
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import joins
+from . import joins, peer_input
 from .errors import ConfigError
 
 ACTIVE, REMOVED = "active", "removed"
@@ -107,7 +107,7 @@ def parse_entry(item: Any, where: str) -> Entry:
         raise ConfigError(f"{where}: expected an object")
     name = item.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{where}: name {name!r} is not a host name")
+        raise ConfigError(f"{where}: name {peer_input.preview(name)} is not a host name")
     where = f"{where} ({name})"
     state, version = item.get("state"), item.get("version")
     if state not in STATES:

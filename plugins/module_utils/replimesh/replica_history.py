@@ -133,15 +133,35 @@ def load(cfg: Config, root: str) -> History:
 
 
 def add(cfg: Config, root: str, records: History) -> History:
-    """Merge records into the replica's history; what was new in them."""
+    """Merge records into the replica's history; what was new in them. The costly part
+    (reading this node's history, up to MAX_RECORDS, and comparing) runs before the
+    lock: under it only the write, unless another session wrote in between."""
+    before = _stamp(cfg, root)
+    mine, new, merged = _merged(cfg, root, records)
+    if not new and len(merged) == len(mine):
+        return new  # nothing to write: no lock taken
     with _locked(cfg, root):
-        mine = load(cfg, root)
-        new = history.newer(mine, records)
-        merged = history.expire(history.merge(mine, new), time.time(), cfg.backup_days)
+        if _stamp(cfg, root) != before:
+            mine, new, merged = _merged(cfg, root, records)
         if new or len(merged) != len(mine):
             state.write_json(_path(cfg, root, "history.json"),
                              {"root": root, "records": history.to_json(merged)})
     return new
+
+
+def _merged(cfg: Config, root: str, records: History) -> tuple[History, History, History]:
+    mine = load(cfg, root)
+    new = history.newer(mine, records)
+    return mine, new, history.expire(history.merge(mine, new), time.time(), cfg.backup_days)
+
+
+def _stamp(cfg: Config, root: str) -> tuple | None:
+    """What changes whenever the history file is written (a new file, renamed over)."""
+    try:
+        found = os.stat(_path(cfg, root, "history.json"))
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
 
 
 def attach(cfg: Config) -> dict:

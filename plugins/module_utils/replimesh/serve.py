@@ -15,7 +15,17 @@ import shlex
 import subprocess
 import sys
 
-from . import children, confine, journal, membership, replica, replica_history, swarm_mesh, unison
+from . import (
+    children,
+    confine,
+    journal,
+    membership,
+    peer_input,
+    replica,
+    replica_history,
+    swarm_mesh,
+    unison,
+)
 from .config import Config
 from .errors import ConfigError
 
@@ -72,7 +82,7 @@ def serve(cfg: Config, peer: str) -> int:
         argv = check(cfg, peer, original)
     except (Refused, ConfigError) as refusal:  # an unreadable peer list refuses everyone
         journal.append(cfg, LOG, f"refused {peer}: {refusal}")
-        print(f"replimesh: refused: {refusal}", file=sys.stderr)
+        print(f"replimesh: refused: {journal.one_line(str(refusal))}", file=sys.stderr)
         return 1
     if argv == [membership.EXCHANGE]:
         return _exchange(cfg, peer)
@@ -150,11 +160,13 @@ def _exchange(cfg: Config, peer: str) -> int:
             journal.append(cfg, LOG, f"exchange with {peer}: {problem}")
         return replica_history.attach(cfg)
     try:
-        answer = membership.answer_exchange(
-            cfg, peer, sys.stdin.read(membership.MAX_EXCHANGE_BYTES + 1), histories)
+        what = f"peer list from {peer}"
+        sent = peer_input.decode(peer_input.read(sys.stdin.fileno(),
+                                                 membership.MAX_EXCHANGE_BYTES, what), what)
+        answer = membership.answer_exchange(cfg, peer, sent, histories)
     except ConfigError as error:
         journal.append(cfg, LOG, f"exchange with {peer} failed: {error}")
-        print(f"replimesh: {error}", file=sys.stderr)
+        print(f"replimesh: {journal.one_line(str(error))}", file=sys.stderr)
         return 1
     journal.append(cfg, LOG, f"accepted {peer}: peer list exchange")
     sys.stdout.write(answer)
