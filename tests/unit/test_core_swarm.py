@@ -3,8 +3,8 @@ an offer from a peer must be, which version of a path wins, and the manifest che
 (with the real libtorrent)."""
 
 import dataclasses
-import io
 import os
+import tempfile
 
 import pytest
 
@@ -97,7 +97,7 @@ def test_an_offer_whose_manifest_says_otherwise_is_refused(cfg, change, needle):
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ("not json", "malformed"),
+    ("not json", "is not JSON"),
     ('{"path": "a"}', "malformed"),
     ('{"path": "a", "infohash": "zz", "torrent": "", "publisher": "n", "published": "t",'
      ' "size": 1}', "infohash must be 64 hex digits"),
@@ -186,8 +186,14 @@ def controller_public(private):
 
 def serve_offer(cfg, monkeypatch, sent: bytes):
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "replimesh-swarm offer")
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(sent)))
-    return serve.serve(cfg, "node2")
+    stdin = tempfile.TemporaryFile()  # noqa: SIM115 (a real file: serve reads it by fd)
+    stdin.write(sent)
+    stdin.seek(0)
+    monkeypatch.setattr("sys.stdin", stdin)
+    try:
+        return serve.serve(cfg, "node2")
+    finally:
+        stdin.close()
 
 
 def test_an_offer_sent_to_serve_is_kept(signing_cfg, monkeypatch, capsys):

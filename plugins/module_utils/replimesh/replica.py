@@ -81,12 +81,13 @@ def acquire(cfg: Config, root: str, holder: str, wait_s: float) -> int:
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 os.close(fd)
                 raise
-        if time.monotonic() + pause > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             who = describe_holder(fd)
             os.close(fd)
             raise Busy(f"replica {root} on {cfg.node} stayed busy for {wait_s:g} s "
                        f"({who}): gave up, the next round tries again")
-        time.sleep(random.uniform(pause / 2, pause))
+        time.sleep(min(random.uniform(pause / 2, pause), left))
         pause = min(pause * 2, 2.0)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{holder}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}\n"

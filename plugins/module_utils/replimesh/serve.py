@@ -178,7 +178,7 @@ def _swarm(cfg: Config, peer: str, verb: str) -> int:
         if verb == swarm_mesh.HAVE:
             answer = swarm_mesh.answer_have(cfg)
         else:
-            answer = swarm_mesh.answer_offer(cfg, peer, sys.stdin.buffer)
+            answer = swarm_mesh.answer_offer(cfg, peer, sys.stdin.fileno())
     except ConfigError as error:
         journal.append(cfg, LOG, f"{verb} from {peer} refused: {error}")
         print(f"replimesh: {error}", file=sys.stderr)

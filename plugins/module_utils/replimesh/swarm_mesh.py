@@ -13,9 +13,8 @@ import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
 
-from . import journal, membership, swarm_engine, swarm_offers, swarm_signing
+from . import journal, membership, peer_input, swarm_engine, swarm_offers, swarm_signing
 from .config import Config
 from .errors import ConfigError
 from .swarm_daemon import write_done
@@ -69,13 +68,11 @@ def share(cfg: Config, address: str) -> int:
     return len(missing)
 
 
-def answer_offer(cfg: Config, peer: str, stream: BinaryIO) -> str:
-    """The serving side: read the offer from peer (at most the largest an offer may be),
-    check it, cheapest checks first, and keep it; ConfigError saying why not."""
-    sent = stream.read(MAX_SENT + 1)
-    if len(sent) > MAX_SENT:
-        raise ConfigError(f"offer from {peer} is larger than {MAX_SENT} bytes")
-    offer = swarm_offers.parse(sent, peer)
+def answer_offer(cfg: Config, peer: str, fd: int) -> str:
+    """The serving side: read the offer from peer on fd (at most the largest an offer may
+    be, within the time limits of peer_input), check it, cheapest checks first, and keep
+    it; ConfigError saying why not."""
+    offer = swarm_offers.parse(peer_input.read(fd, MAX_SENT, f"offer from {peer}"), peer)
     swarm_offers.check_bounds(cfg, offer, peer)
     swarm_signing.check(cfg, offer, peer)
     swarm_engine.check(offer, peer)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
+from . import peer_input
 from .config import Config
 from .errors import ConfigError
 from .state import write_json
@@ -106,15 +107,17 @@ def parse(text: str | bytes, source: str) -> Offer:
     line, whatever the input (not UTF-8, nested deep, numbers of any size)."""
     if len(text) > MAX_OFFER_BYTES * 2:
         raise ConfigError(f"offer from {source} is larger than {MAX_OFFER_BYTES * 2} bytes")
+    if isinstance(text, bytes):
+        text = peer_input.decode(text, f"offer from {source}")
+    data = peer_input.loads(text, f"offer from {source}")
     try:
-        data = json.loads(text)
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
         offer = Offer(path=data["path"], infohash=data["infohash"],
                       torrent=base64.b64decode(data["torrent"], validate=True),
                       publisher=data["publisher"], published=data["published"],
                       size=data["size"], signature=data.get("signature", ""))
-    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as error:
+    except (ValueError, KeyError, TypeError, binascii.Error) as error:
         why = f"{type(error).__name__}: {str(error)[:200]}"
         raise ConfigError(f"offer from {source} is malformed: {why!r}") from None
     if not all(isinstance(v, str) for v in (offer.path, offer.publisher, offer.published,
