@@ -153,7 +153,7 @@ def test_a_stolen_key_gets_no_forwarding_tty_or_x11(nodes, stolen_key):
         "gatewayports": "no", "permittty": "no", "permituserrc": "no", "maxsessions": "4"}
 
     stdio = thief_ssh(stolen_key, node2, "-W", "127.0.0.1:22", command=None)
-    assert "open failed" in stdio.stderr and "SSH-2.0" not in stdio.stdout, stdio
+    assert "stdio forwarding failed" in stdio.stderr and "SSH-2.0" not in stdio.stdout, stdio
     remote = thief_ssh(stolen_key, node2, "-N", "-o", "ExitOnForwardFailure=yes",
                        "-R", "127.0.0.1:0:127.0.0.1:22", command=None)
     assert remote.returncode == 255 and "forwarding failed" in remote.stderr, remote
