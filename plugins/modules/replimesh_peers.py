@@ -9,7 +9,8 @@ short_description: Add, update and remove entries of a node's signed peer list
 description:
   - Merges operator-signed peer-list entries into the node's peer list, the same way a
     node merges the list a peer sends it during a sync session, then regenerates the
-    sync user's C(authorized_keys) and C(known_hosts) from the active entries.
+    sync user's C(known_hosts) from the active entries (sshd learns the keys that may
+    log in from the keys user's copy of the list, not from the sync user).
   - An entry adds a node, replaces an older entry of the same node (higher version), or
     removes a node (an entry with state C(removed), kept as a tombstone). Entries older
     than the node's own are left out, so running it again changes nothing.
@@ -107,16 +108,12 @@ def main():
 
 
 def _files_stale(cfg, peers):
-    """Whether authorized_keys or known_hosts differ from what the list makes of them."""
-    for path, text in ((cfg.authorized_keys, membership.authorized_keys(cfg, peers)),
-                       (cfg.known_hosts, membership.known_hosts(cfg, peers))):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                if handle.read() != text:
-                    return True
-        except OSError:
-            return True
-    return False
+    """Whether known_hosts differs from what the list makes of it."""
+    try:
+        with open(cfg.known_hosts, encoding="utf-8") as handle:
+            return handle.read() != membership.known_hosts(cfg, peers)
+    except OSError:
+        return True
 
 
 def _lines(peers):

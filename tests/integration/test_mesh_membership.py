@@ -18,7 +18,9 @@ from .helpers import playbook, recap, running_nodes
 from .mesh_lab import MESH, ROOT, as_sync_user, fab_mesh, listing, on, peer_list, sync, write
 
 PEERS_JSON = "/var/lib/replimesh/peers.json"
-AUTHORIZED_KEYS = "/var/lib/replimesh/.ssh/authorized_keys"
+# What sshd gets for the sync user's keys (run as sshd runs it).
+AUTHORIZED_KEYS = ("runuser -u replimesh-keys -- /usr/local/sbin/replimesh-authorized-keys "
+                   "replimesh")
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +82,11 @@ def test_a_node_removed_while_another_is_down_is_refused_there_after_one_round(b
     node3_data = listing(node["node3"])
 
     start("node2")
-    assert "--peer node3" in on(node["node2"], f"cat {AUTHORIZED_KEYS}").stdout  # not heard
+    assert "--peer node3" in on(node["node2"], AUTHORIZED_KEYS).stdout  # not heard
     _, peers = sync(node["node1"])
     assert "node3" not in peers and peers["node2"]["result"] == "ok", peers
     assert peer_list(node["node2"])["node3"]["state"] == "removed"
-    assert "--peer node3" not in on(node["node2"], f"cat {AUTHORIZED_KEYS}").stdout
+    assert "--peer node3" not in on(node["node2"], AUTHORIZED_KEYS).stdout
     refused = as_sync_user(node["node3"], f"ssh {node['node2'].address} replimesh peers "
                                           "exchange </dev/null", check=False)
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
@@ -119,7 +121,7 @@ def test_entries_not_signed_by_the_operator_change_nothing(before, tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     node = nodes()
     original = on(node["node1"], f"cat {PEERS_JSON}").stdout
-    keys = on(node["node1"], f"cat {AUTHORIZED_KEYS}").stdout
+    keys = on(node["node1"], AUTHORIZED_KEYS).stdout
     bad = forged(original, str(key))
 
     # From a peer, in a session: the exchange happens, the forged entries are not taken.
@@ -132,7 +134,7 @@ def test_entries_not_signed_by_the_operator_change_nothing(before, tmp_path):
     assert json.loads(pushed.stdout)["ignored"] == ["intruder", "node4"]
 
     assert on(node["node1"], f"cat {PEERS_JSON}").stdout == original
-    assert on(node["node1"], f"cat {AUTHORIZED_KEYS}").stdout == keys
+    assert on(node["node1"], AUTHORIZED_KEYS).stdout == keys
     log = on(node["node1"], "cat /var/log/replimesh/peers.log").stdout
     assert "ignored intruder" in log and "from node4: not signed by the operator key" in log
 

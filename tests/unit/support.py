@@ -18,7 +18,13 @@ import pytest
 from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
-from plugins.module_utils.replimesh import config, controller, signature
+from plugins.module_utils.replimesh import (
+    authorized_keys,
+    config,
+    controller,
+    membership,
+    signature,
+)
 from plugins.module_utils.replimesh import peers as peer_list
 from plugins.module_utils.replimesh.peers import ACTIVE, Entry
 
@@ -86,6 +92,12 @@ def write_peers(path, peers):
     Path(path).write_text(peer_list.dumps(peers), encoding="utf-8")
 
 
+def authorized(cfg):
+    """The key lines sshd gets for the node's sync user (as its keys program gives them)."""
+    joined, _, _ = authorized_keys.take(cfg, membership.load(cfg))
+    return authorized_keys.lines(cfg, joined)
+
+
 def write_node(tmp_path, peers, node="node1", **settings):
     """A node's files in tmp_path: config.json, a peers.json signed by the operator key
     (from descriptions or entries), the operator's allowed_signers, one root, a log folder,
@@ -98,13 +110,14 @@ def write_node(tmp_path, peers, node="node1", **settings):
     root.mkdir(exist_ok=True)
     (tmp_path / "log").mkdir(exist_ok=True)
     (tmp_path / "ssh").mkdir(exist_ok=True)
+    (tmp_path / "keys").mkdir(exist_ok=True)
     peers_file = tmp_path / "peers.json"
     write_peers(peers_file, peers)
     shutil.copyfile(key()[1], tmp_path / "operator_signers")
     data = {"node": node, "roots": [str(root)], "peers_file": str(peers_file),
             "state_file": str(tmp_path / "state.json"), "log_dir": str(tmp_path / "log"),
             "connect_timeout": 1, "operator_signers": str(tmp_path / "operator_signers"),
-            "authorized_keys": str(tmp_path / "ssh" / "authorized_keys"),
+            "keys_copy": str(tmp_path / "keys" / "peers.json"),
             "known_hosts": str(tmp_path / "ssh" / "known_hosts"), "ssh": "/bin/false",
             "replica_dir": str(tmp_path / "replicas"), "lock_wait": 5,
             "unison_dir": str(tmp_path / "unison-archives"),

@@ -9,7 +9,7 @@ import pytest
 from plugins.module_utils.replimesh import cli, confine, membership, state
 from plugins.module_utils.replimesh import peers as peer_list
 
-from .support import closed_port, signed, write_node
+from .support import authorized, closed_port, signed, write_node
 
 PEERS = [{"name": "node1", "address": "127.0.0.11"},
          {"name": "node2", "address": "127.0.0.1"},
@@ -47,7 +47,7 @@ def test_peers_accept_from_stdin_takes_signed_entries(node, monkeypatch, capsys)
     assert json.loads(capsys.readouterr().out) == {"node": "node1", "changed": ["node4"],
                                                    "ignored": []}
     assert sorted(membership.load(cfg)) == ["node1", "node2", "node3", "node4"]
-    assert "node4" in Path(cfg.authorized_keys).read_text(encoding="utf-8")
+    assert "node4" in authorized(cfg)
     assert "took node4 v1 active 127.0.0.4 from stdin" in \
         Path(cfg.log_dir, "peers.log").read_text(encoding="utf-8")
 

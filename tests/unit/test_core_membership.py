@@ -14,7 +14,7 @@ from plugins.module_utils.replimesh import membership
 from plugins.module_utils.replimesh import peers as peer_list
 from plugins.module_utils.replimesh.errors import ConfigError
 
-from .support import entry, fake_ssh, script, signed, write_node, write_peers
+from .support import authorized, entry, fake_ssh, script, signed, write_node, write_peers
 
 PEERS = [{"name": "node1"}, {"name": "node2"}]
 
@@ -51,8 +51,7 @@ def test_a_newer_signed_entry_is_taken_written_and_applied(node):
     assert outcome.after == {"node1": entry("node1"), **incoming}
     assert text(node.peers_file) == peer_list.dumps(outcome.after)
     assert membership.load(node) == outcome.after
-    assert text(node.authorized_keys) == membership.HEADER + auth_line("node2") + \
-        auth_line("node3")
+    assert authorized(node) == auth_line("node2") + auth_line("node3")
     assert text(node.known_hosts) == membership.HEADER + \
         f"node2,127.0.0.12 {entry('node2').host_keys[0]}\n" \
         f"node3,127.0.0.3 {entry('node3').host_keys[0]}\n"
@@ -65,14 +64,12 @@ def test_a_newer_signed_entry_is_taken_written_and_applied(node):
 def test_files_get_their_modes(node):
     membership.accept(node, signed([{"name": "node3"}]), "the test")
     assert stat.S_IMODE(os.stat(node.peers_file).st_mode) == 0o644
-    assert stat.S_IMODE(os.stat(node.authorized_keys).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(node.known_hosts).st_mode) == 0o644
 
 
 def test_keys_are_forced_to_the_configured_command(tmp_path):
     cfg, _ = write_node(tmp_path, PEERS, command="/opt/replimesh/bin/replimesh", user="sync")
-    membership.apply(cfg, membership.load(cfg))
-    assert text(cfg.authorized_keys).splitlines()[1] == \
+    assert authorized(cfg).splitlines()[0] == \
         (f'restrict,command="/opt/replimesh/bin/replimesh serve --peer node2" '
          f"{entry('node2').ssh_key} sync@node2")
 
@@ -89,19 +86,18 @@ def test_only_other_active_nodes_get_in(tmp_path):
     cfg, _ = write_node(tmp_path, [*PEERS, {"name": "node3", "state": "removed"},
                                    {"name": "node4"}])
     membership.apply(cfg, membership.load(cfg))
-    assert text(cfg.authorized_keys) == membership.HEADER + auth_line("node2") + \
-        auth_line("node4")
+    assert authorized(cfg) == auth_line("node2") + auth_line("node4")
     assert [line.split()[0] for line in text(cfg.known_hosts).splitlines()[1:]] == \
         ["node2,127.0.0.2", "node4,127.0.0.4"]
 
 
 def test_a_tombstone_takes_the_key_away_at_once(node):
     membership.accept(node, signed([{"name": "node3"}]), "the test")
-    assert "node3" in text(node.authorized_keys)
+    assert "node3" in authorized(node)
     outcome = membership.accept(
         node, signed([{"name": "node3", "state": "removed", "version": 2}]), "the test")
     assert outcome.changed == ["node3"]
-    assert text(node.authorized_keys) == membership.HEADER + auth_line("node2")
+    assert authorized(node) == auth_line("node2")
     assert "node3" not in text(node.known_hosts)
 
 
@@ -116,7 +112,7 @@ def test_an_entry_not_signed_by_the_operator_is_ignored_and_logged(node, owner):
     line, = log(node)
     assert line.endswith(" ignored node2 v9 active 127.0.0.66 from 127.0.0.66: not signed by "
                          "the operator key")
-    assert "127.0.0.66" not in text(node.authorized_keys)
+    assert "127.0.0.66" not in authorized(node)
 
 
 def test_good_entries_are_taken_next_to_ignored_ones(node):
@@ -164,7 +160,7 @@ def test_a_malformed_local_list_is_an_error_and_kept(node, content, needle):
     with pytest.raises(ConfigError, match=needle):
         membership.accept(node, signed([{"name": "node3"}]), "the test")
     assert text(node.peers_file) == content
-    assert not os.path.exists(node.authorized_keys)
+    assert not os.path.exists(node.known_hosts)
 
 
 def test_a_missing_list_is_an_error_unless_missing_ok(node):
@@ -174,7 +170,7 @@ def test_a_missing_list_is_an_error_unless_missing_ok(node):
     outcome = membership.accept(node, signed(PEERS), "the test", missing_ok=True)
     assert (outcome.before, outcome.changed) == ({}, ["node1", "node2"])
     assert membership.load(node) == signed(PEERS)
-    assert text(node.authorized_keys) == membership.HEADER + auth_line("node2")
+    assert authorized(node) == auth_line("node2")
 
 
 def test_missing_ok_does_not_hide_a_malformed_list(node):
@@ -208,10 +204,10 @@ def test_apply_says_whether_it_changed_anything(node):
     peers = membership.load(node)
     assert membership.apply(node, peers) is True
     assert membership.apply(node, peers) is False
-    with open(node.authorized_keys, "a", encoding="utf-8") as out:
-        out.write("ssh-ed25519 AAAAintruder intruder\n")
+    with open(node.known_hosts, "a", encoding="utf-8") as out:
+        out.write("intruder ssh-ed25519 AAAAintruder\n")
     assert membership.apply(node, peers) is True
-    assert "intruder" not in text(node.authorized_keys)
+    assert "intruder" not in text(node.known_hosts)
 
 
 # The exchange
@@ -366,7 +362,7 @@ def test_two_nodes_end_with_the_same_list(tmp_path):
     """node1 knows node3, node2 knows node4: one exchange through node2's real
     `replimesh serve` (run by a stand-in ssh) and both hold all four."""
     (tmp_path / "node2").mkdir()
-    _, config2 = write_node(tmp_path / "node2", [*PEERS, {"name": "node4"}], node="node2")
+    cfg2, config2 = write_node(tmp_path / "node2", [*PEERS, {"name": "node4"}], node="node2")
     ssh, calls = fake_ssh(tmp_path, "node1", {"127.0.0.2": config2})
     (tmp_path / "node1").mkdir()
     cfg1, _ = write_node(tmp_path / "node1", [*PEERS, {"name": "node3"}], ssh=ssh)
@@ -377,6 +373,6 @@ def test_two_nodes_end_with_the_same_list(tmp_path):
     assert peer_list.parse(json.loads(text(tmp_path / "node2" / "peers.json"))) == everyone
     assert "accepted node1: peer list exchange" in text(tmp_path / "node2" / "log" /
                                                          "serve.log")
-    assert auth_line("node1") in text(tmp_path / "node2" / "ssh" / "authorized_keys")
-    assert auth_line("node4") in text(cfg1.authorized_keys)
+    assert auth_line("node1") in authorized(cfg2)
+    assert auth_line("node4") in authorized(cfg1)
     assert len(calls.read_text(encoding="utf-8").splitlines()) == 1

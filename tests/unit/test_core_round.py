@@ -2,7 +2,6 @@
 peer-list exchange that starts every session."""
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -24,6 +23,7 @@ from .support import (
     INCOMING,
     SOME_FAILED,
     TRANSFERRED,
+    authorized,
     calls_of,
     closed_port,
     entry,
@@ -228,7 +228,7 @@ def test_a_peer_that_turns_out_removed_is_not_synced(tmp_path, listening_port):
     assert result.message == "node2 is removed from the mesh: not synced"
     assert not calls.exists()
     assert state.load(cfg.state_file)["peers"]["node2"]["result"] == REMOVED
-    assert "node2" not in Path(cfg.authorized_keys).read_text(encoding="utf-8")
+    assert "node2" not in authorized(cfg)
 
 
 def test_a_node_that_learns_it_is_removed_stops_at_once(tmp_path, listening_port):

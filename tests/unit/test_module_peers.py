@@ -49,8 +49,6 @@ def test_a_first_deploy_writes_the_list_and_the_ssh_files(peers_module, tmp_path
     assert (result["added"], result["updated"], result["removed"]) == \
         (["node1", "node2", "node3"], [], [])
     assert membership.load(cfg) == signed(PEERS)
-    assert Path(cfg.authorized_keys).read_text(encoding="utf-8") == \
-        membership.authorized_keys(cfg, signed(PEERS))
     assert Path(cfg.known_hosts).read_text(encoding="utf-8") == \
         membership.known_hosts(cfg, signed(PEERS))
 
@@ -82,7 +80,7 @@ def test_added_updated_and_removed_are_reported(peers_module, node, capsys):
     assert (code, result["changed"]) == (0, True)
     assert (result["added"], result["updated"], result["removed"]) == \
         (["node4"], ["node2", "node3"], ["node3"])
-    assert "node3" not in Path(cfg.authorized_keys).read_text(encoding="utf-8")
+    assert "node3" not in Path(cfg.known_hosts).read_text(encoding="utf-8")
     assert "node2,127.0.1.2 " in Path(cfg.known_hosts).read_text(encoding="utf-8")
 
 
@@ -120,15 +118,14 @@ def test_check_mode_on_a_first_deploy_writes_nothing(peers_module, tmp_path, cap
 
 def test_stale_ssh_files_are_a_change(peers_module, node, capsys):
     cfg, path = node
-    Path(cfg.authorized_keys).write_text("ssh-ed25519 AAAAintruder intruder\n",
-                                         encoding="utf-8")
+    Path(cfg.known_hosts).write_text("intruder ssh-ed25519 AAAAintruder\n", encoding="utf-8")
     code, result = run_module(peers_module, capsys, config=path, _ansible_check_mode=True,
                               peers=as_json(*PEERS))
     assert (code, result["changed"], result["added"], result["updated"]) == (0, True, [], [])
-    assert "intruder" in Path(cfg.authorized_keys).read_text(encoding="utf-8")
+    assert "intruder" in Path(cfg.known_hosts).read_text(encoding="utf-8")
     code, result = run_module(peers_module, capsys, config=path, peers=as_json(*PEERS))
     assert (code, result["changed"]) == (0, True)
-    assert "intruder" not in Path(cfg.authorized_keys).read_text(encoding="utf-8")
+    assert "intruder" not in Path(cfg.known_hosts).read_text(encoding="utf-8")
     assert run_module(peers_module, capsys, config=path, peers=as_json(*PEERS))[1]["changed"] \
         is False
 

@@ -32,10 +32,12 @@ class Config:
     idle_timeout: int = 600
     confine: bool = True
     # Membership: the operator's public key (allowed_signers format) that every peer-list
-    # entry must be signed by, and the sync user's SSH files regenerated from the list.
+    # entry must be signed by; the sync user's known_hosts regenerated from the list; the
+    # keys user's own copy of the list, from which sshd learns the keys that may log in
+    # as the sync user (authorized_keys.py), out of the sync user's reach.
     operator_signers: str = "/etc/replimesh/operator_signers"
-    authorized_keys: str = "/var/lib/replimesh/.ssh/authorized_keys"
     known_hosts: str = "/var/lib/replimesh/.ssh/known_hosts"
+    keys_copy: str = "/var/lib/replimesh-keys/peers.json"
     command: str = "/usr/local/bin/replimesh"   # what peers' keys are forced to run
     ssh: str = "/usr/bin/ssh"
     # Replica safety: each replica's lock and file count live in replica_dir; a session
@@ -77,8 +79,8 @@ class Config:
 _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_file": str,
           "log_dir": str, "unison": str, "unison_dir": str, "ssh_port": int,
           "connect_timeout": int, "session_timeout": int, "idle_timeout": int,
-          "confine": bool, "operator_signers": str, "authorized_keys": str,
-          "known_hosts": str, "command": str, "ssh": str, "replica_dir": str,
+          "confine": bool, "operator_signers": str, "known_hosts": str,
+          "keys_copy": str, "command": str, "ssh": str, "replica_dir": str,
           "lock_wait": int, "conflict_policy": str, "backup_days": int,
           "max_delete_share": (int, float), "swarm_root": str, "swarm_dir": str,
           "swarm_port": int, "swarm_seed_hours": int, "swarm_ca": str, "swarm_cert": str,

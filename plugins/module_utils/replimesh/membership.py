@@ -4,8 +4,10 @@ Entries arrive from the deploy (module replimesh_peers, `replimesh peers accept`
 from peers (the exchange at the start of every sync session). Only entries signed by
 the operator's key are taken; others are ignored and logged. Taking entries in and
 applying them happen under one lock, so concurrent sessions never lose an update.
-Applying regenerates the sync user's authorized_keys and known_hosts from the active
-entries: a removed node's key stops working here as soon as this node hears of it.
+Applying regenerates the sync user's known_hosts from the active entries. The keys
+that may log in are not the sync user's to write: sshd learns them from the keys user
+(authorized_keys.py), which checks this list's news itself, so a removed node's key
+stops working here as soon as this node hears of it.
 A peer's list costs a bounded amount of work: see accept.
 """
 
@@ -125,29 +127,19 @@ def _verified(cfg: Config, mine: Peers, incoming: Peers,
 
 
 def apply(cfg: Config, peers: Peers) -> bool:
-    """Regenerate authorized_keys and known_hosts from the active entries; True if changed."""
-    changed = False
-    for path, text, mode in ((cfg.authorized_keys, authorized_keys(cfg, peers), 0o600),
-                             (cfg.known_hosts, known_hosts(cfg, peers), 0o644)):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                if handle.read() == text:
-                    continue
-        except OSError:
-            pass
-        _write(path, text, mode)
-        changed = True
-    return changed
+    """Regenerate known_hosts from the active entries; True if it changed."""
+    text = known_hosts(cfg, peers)
+    try:
+        with open(cfg.known_hosts, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return False
+    except OSError:
+        pass
+    _write(cfg.known_hosts, text, 0o644)
+    return True
 
 
 HEADER = "# Written by replimesh from the operator-signed peer list; edits are overwritten.\n"
-
-
-def authorized_keys(cfg: Config, peers: Peers) -> str:
-    """Each other active node's key, allowed to run only `replimesh serve --peer NAME`."""
-    return HEADER + "".join(
-        f'restrict,command="{cfg.command} serve --peer {e.name}" {e.ssh_key} '
-        f"{cfg.user}@{e.name}\n" for e in _others(cfg, peers))
 
 
 def known_hosts(cfg: Config, peers: Peers) -> str:
