@@ -75,3 +75,10 @@ def test_invalid_json_is_a_config_error(tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot be read as JSON"):
         config.load(str(path))
+
+
+def test_a_config_of_the_release_before_still_loads():
+    """Between the deploy's code copy and its new config, rounds keep running."""
+    cfg = config.parse({"node": "n1", "roots": ["/a"],
+                        "authorized_keys": "/var/lib/replimesh/.ssh/authorized_keys"})
+    assert cfg.node == "n1"

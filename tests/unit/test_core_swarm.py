@@ -9,6 +9,7 @@ import tempfile
 import pytest
 
 from plugins.module_utils.replimesh import (
+    membership,
     serve,
     swarm_daemon,
     swarm_engine,
@@ -322,8 +323,14 @@ def test_the_swarm_port_is_dropped_for_every_address_but_the_peers():
 
 
 def test_only_active_operator_signed_peers_pass_the_firewall(tmp_path):
-    from plugins.module_utils.replimesh import swarm_firewall
+    from plugins.module_utils.replimesh import authorized_keys, swarm_firewall
     cfg = write_node(tmp_path, [
         {"name": "node1"}, {"name": "node2"}, {"name": "node3", "state": "removed"},
         {"name": "node4", "owner": "impostor"}, {"name": "node5", "owner": None}])[0]
+    assert swarm_firewall.signed_peer_hosts(cfg) == []  # the keys user's copy: none yet
+    os.makedirs(os.path.dirname(cfg.keys_copy), exist_ok=True)
+    authorized_keys.take(cfg, membership.load(cfg))  # as at the next login
+    assert swarm_firewall.signed_peer_hosts(cfg) == ["127.0.0.2"]
+    # The sync user's list rolled back to an older signed one (node3 active) opens nothing.
+    write_node(tmp_path, [{"name": "node1"}, {"name": "node2"}, {"name": "node3"}])
     assert swarm_firewall.signed_peer_hosts(cfg) == ["127.0.0.2"]

@@ -20,12 +20,11 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from typing import Any
 
 from . import config as node_config
+from . import peer_input, signature, state
 from . import peers as peer_list
-from . import signature
 from .config import Config
 from .errors import ReplimeshError
 from .peers import Peers
@@ -55,12 +54,7 @@ def read_bounded(path: str, limit: int | None = None) -> Any:
 
 
 def parse_json(data: bytes, origin: str) -> Any:
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ReplimeshError(f"{origin} is not JSON: {error}") from None
-    except RecursionError:
-        raise ReplimeshError(f"{origin} is nested too deeply") from None
+    return peer_input.loads(peer_input.decode(data, origin), origin)
 
 
 def join_signed(cfg: Config, mine: Peers, offered: Peers) -> tuple[Peers, list[str]]:
@@ -87,29 +81,19 @@ def take(cfg: Config, offered: Peers) -> tuple[Peers, list[str], list[str]]:
     """Join offered into the keys user's copy, under its lock; (copy, changed, refused)."""
     with open(cfg.keys_copy + ".lock", "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        mine = _load_copy(cfg)
+        mine = load_copy(cfg)
         joined, refused = join_signed(cfg, mine, offered)
         changed = sorted(n for n in joined if mine.get(n) != joined[n])
         if changed:
-            _write(cfg.keys_copy, peer_list.dumps(joined))
+            state.write_json(cfg.keys_copy, peer_list.to_json(joined))
     return joined, changed, refused
 
 
-def _load_copy(cfg: Config) -> Peers:
+def load_copy(cfg: Config) -> Peers:
+    """The keys user's copy: only entries whose signature was checked, never rolled back."""
     if not os.path.exists(cfg.keys_copy):
         return {}
     return peer_list.parse(read_bounded(cfg.keys_copy), cfg.keys_copy)
-
-
-def _write(path: str, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

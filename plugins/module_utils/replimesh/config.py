@@ -87,6 +87,7 @@ _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_fil
           "swarm_key": str, "swarm_max_file_bytes": int,
           "swarm_max_offers_per_publisher": int, "swarm_max_bytes_per_publisher": int,
           "swarm_clock_margin_s": int, "swarm_signing_key": str}
+_RETIRED = ("authorized_keys",)
 POLICIES = ("newer", "keep-both")
 PREFER = "prefer:"
 
@@ -111,6 +112,8 @@ def read_json(path: str, what: str, hint: str) -> Any:
 def parse(data: Any, origin: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a JSON object")
+    # Written by releases before sshd took the keys from the keys user: nothing reads it.
+    data = {k: v for k, v in data.items() if k not in _RETIRED}
     unknown = sorted(set(data) - set(_TYPES))
     if unknown:
         raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}")

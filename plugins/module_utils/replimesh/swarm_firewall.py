@@ -5,10 +5,10 @@ any address could start one. This keeps everyone else out before: one iptables c
 (REPLIMESH-SWARM, ip6tables too where present, first in INPUT) that drops the swarm
 port from every address but the active peers'. It only ever drops: a peer's packets go
 on through INPUT as before (RETURN), so the host's own rules still apply to them. It is
-made from the peer list, taking only entries whose operator signature checks out here
-(the list file belongs to the sync user; root trusts the operator's key, not the file),
-and rewritten only when it differs. Cron runs it every minute (role replimesh_swarm), so
-a node's removal closes the port to it within a minute of reaching this node.
+made from the keys user's copy of the peer list (only checked entries, never rolled
+back: the sync user's own list could be), and rewritten only when it differs. Cron runs
+it every minute (role replimesh_swarm), so a node's removal closes the port to it within
+a minute of reaching the keys user's copy (at the next login of any peer, or deploy).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import ipaddress
 import shutil
 import subprocess
 
-from . import membership, signature, swarm_engine
-from . import peers as peer_list
+from . import authorized_keys, swarm_engine
 from .config import Config
 from .errors import ConfigError
 
@@ -27,13 +26,12 @@ TOOLS = {4: "iptables", 6: "ip6tables"}
 
 
 def signed_peer_hosts(cfg: Config) -> list[str]:
-    """The addresses of the other active nodes whose entries the operator signed."""
-    peers = membership.load(cfg)
+    """The addresses of the other active nodes, from the keys user's copy of the list
+    (authorized_keys.py): entries whose operator signature was checked, and never rolled
+    back, as a list the sync user writes could be."""
+    peers = authorized_keys.load_copy(cfg)
     return [address for name, entry in sorted(peers.items())
-            if name != cfg.node and entry.active
-            and signature.verify(cfg.operator_signers, peer_list.payload(entry),
-                                 entry.signature)
-            for address in entry.addresses]
+            if name != cfg.node and entry.active for address in entry.addresses]
 
 
 def chain_rules(port: int, allowed: set[str], family: int) -> list[str]:
