@@ -68,6 +68,8 @@ BAD_SHAPE = "expected an object with \"format\": 2 and a list 'peers'"
     (listed(item("-node")), "entry 1: name '-node' is not a host name"),
     (listed(item("no de")), "is not a host name"),
     (listed({**item(), "name": None}), "name None is not a host name"),
+    (listed({**item(), "name": "n1\n"}), "name 'n1\\n' is not a host name"),
+    (listed(item(ssh_key=KEY + "\n")), "(n1): ssh_key must be"),
     (listed(item(state="paused")), "entry 1 (n1): state must be one of active, removed"),
     (listed(item(version=-1)), "(n1): version must be a non-negative integer"),
     (listed(item(version=True)), "version must be a non-negative integer"),

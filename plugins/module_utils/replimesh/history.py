@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import joins, peer_input
+from . import joins, peer_input, peers
 from .errors import ConfigError
 
 DELETED, REPLACED = "deleted", "replaced"
@@ -36,8 +36,7 @@ DIRECTORY = "dir"                # the digest of a folder's version (a folder ha
 # What one node may send of one replica's history: enough for months of busy edits, and
 # bounded, since a peer's input is hostile.
 MAX_RECORDS = 100_000
-_DIGEST = re.compile(r"^(?:[0-9a-f]{64}|dir)$")
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DIGEST = re.compile(r"(?:[0-9a-f]{64}|dir)\Z")
 MAX_PATH = 4096
 MAX_TIME = 2**40
 # A record dated further ahead than this (clocks differ a little) is refused: it would
@@ -144,6 +143,6 @@ def parse_record(item: Any, where: str, now: float) -> tuple[Version, Fate]:
         raise ConfigError(f"{where}: dated in the future")
     if kind not in KINDS:
         raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}")
-    if not isinstance(node, str) or not _NODE.match(node):
+    if not isinstance(node, str) or not peers.NAME.match(node):
         raise ConfigError(f"{where}: node must be a node name")
     return Version(path, digest, mtime), Fate(kind, time, node)

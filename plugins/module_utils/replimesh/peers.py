@@ -23,8 +23,9 @@ from .errors import ConfigError
 ACTIVE, REMOVED = "active", "removed"
 STATES = (ACTIVE, REMOVED)
 FORMAT = 2
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+$")
+# A node name; \Z, not $: $ lets a trailing newline through.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+\Z")
 _SIGNED_FIELDS = ("name", "addresses", "ssh_key", "host_keys", "state", "version")
 
 
@@ -106,7 +107,7 @@ def parse_entry(item: Any, where: str) -> Entry:
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: expected an object")
     name = item.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise ConfigError(f"{where}: name {peer_input.preview(name)} is not a host name")
     where = f"{where} ({name})"
     state, version = item.get("state"), item.get("version")

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-from . import peer_input
+from . import peer_input, peers
 from .config import Config
 from .errors import ConfigError
 from .state import write_json
@@ -26,8 +26,7 @@ from .state import write_json
 MAX_OFFER_BYTES = 16 << 20   # a 500 GB file in 16 MiB pieces has a ~1 MB manifest
 STAGING = ".replimesh-swarm"  # under the swarm root: same filesystem, so the final move
                               # into place is an atomic rename
-_INFOHASH = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a node name, as the list has it
+_INFOHASH = re.compile(r"[0-9a-f]{64}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -128,7 +127,7 @@ def parse(text: str | bytes, source: str) -> Offer:
         raise ConfigError(f"offer from {source}: size must be a whole number of bytes")
     if not isinstance(offer.infohash, str) or not _INFOHASH.match(offer.infohash):
         raise ConfigError(f"offer from {source}: infohash must be 64 hex digits")
-    if not _NAME.match(offer.publisher):
+    if not peers.NAME.match(offer.publisher):
         raise ConfigError(f"offer from {source}: publisher {offer.publisher[:80]!r} is not a "
                           "node name")
     check_relative(offer.path, f"offer from {source}")
