@@ -5,12 +5,12 @@ import fcntl
 import json
 import os
 import stat
-import subprocess
+import time
 from dataclasses import replace
 
 import pytest
 
-from plugins.module_utils.replimesh import membership
+from plugins.module_utils.replimesh import membership, peer_ssh
 from plugins.module_utils.replimesh import peers as peer_list
 from plugins.module_utils.replimesh.errors import ConfigError
 
@@ -330,8 +330,8 @@ def test_exchange_sends_my_list_and_takes_the_answer(node, tmp_path):
     assert json.loads(text(tmp_path / "sent")) == {**json.loads(mine), "history": {"/r": []}}
     assert outcome.answer == json.loads(text(answer))
     assert text(tmp_path / "argv").split() == [
-        "-o", "ConnectTimeout=1", "-p", "2222", "replimesh@127.0.0.2", "replimesh", "peers",
-        "exchange"]
+        "-o", "ConnectTimeout=1", "-o", "BatchMode=yes", "-p", "2222", "replimesh@127.0.0.2",
+        "replimesh", "peers", "exchange"]
     assert "node3" in membership.load(cfg)
 
 
@@ -349,13 +349,22 @@ def test_a_failed_exchange_says_why(node, tmp_path, body, needle):
         membership.exchange(cfg, "127.0.0.2")
 
 
-def test_an_exchange_that_hangs_times_out(node, monkeypatch):
-    def hang(argv, **kwargs):
-        assert kwargs["timeout"] == node.connect_timeout + 60
-        raise subprocess.TimeoutExpired(argv, kwargs["timeout"])
-    monkeypatch.setattr(subprocess, "run", hang)
-    with pytest.raises(ConfigError, match=r"^peer list exchange timed out$"):
-        membership.exchange(node, "127.0.0.2")
+def test_an_exchange_that_hangs_is_cut_off(node, tmp_path, monkeypatch):
+    monkeypatch.setattr(peer_ssh, "ANSWER_WAIT_S", 0.5)
+    cfg = replace(node, ssh=script(tmp_path, "stand-in-ssh", "exec sleep 30\n"))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"^peer list from 127.0.0.2: 0 bytes in \d+ s, "
+                                          r"too slow .*: cut off$"):
+        membership.exchange(cfg, "127.0.0.2")
+    assert time.monotonic() - started < 15
+
+
+def test_an_answer_larger_than_an_exchange_may_be_is_cut_off(node, tmp_path, monkeypatch):
+    monkeypatch.setattr(membership, "MAX_EXCHANGE_BYTES", 1000)
+    cfg = replace(node, ssh=script(tmp_path, "stand-in-ssh", "exec yes\n"))
+    with pytest.raises(ConfigError, match=r"^peer list from 127.0.0.2 is larger than 1000 "
+                                          r"bytes$"):
+        membership.exchange(cfg, "127.0.0.2")
 
 
 def test_two_nodes_end_with_the_same_list(tmp_path):

@@ -16,13 +16,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import subprocess
 import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import journal, peer_input, signature
+from . import journal, peer_input, peer_ssh, signature
 from . import peers as peer_list
 from .config import DEPLOY_HINT, Config, read_json
 from .errors import ConfigError
@@ -164,19 +163,10 @@ def exchange(cfg: Config, address: str, attach: dict | None = None) -> Accepted:
     peer's are in the result's answer. Raises ConfigError saying why when the exchange
     did not happen."""
     mine = json.dumps({**peer_list.to_json(load(cfg)), **(attach or {})}, sort_keys=True)
-    argv = [cfg.ssh, "-o", f"ConnectTimeout={cfg.connect_timeout}", "-p", str(cfg.ssh_port),
-            f"{cfg.user}@{address}", EXCHANGE]
-    try:
-        done = subprocess.run(argv, input=mine.encode(), capture_output=True, check=False,
-                              timeout=cfg.connect_timeout + 60)
-    except subprocess.TimeoutExpired:
-        raise ConfigError("peer list exchange timed out") from None
-    if done.returncode != 0:  # the peer's words: decoded leniently, logged escaped
-        why = (done.stderr.decode(errors="replace").strip().splitlines()
-               or [f"exit {done.returncode}"])[-1]
-        raise ConfigError(f"peer list not exchanged: {why}")
     what = f"peer list from {address}"
-    answer = read_sent(peer_input.decode(done.stdout, what), address)
+    sent = peer_ssh.call(cfg, address, EXCHANGE, mine.encode(), MAX_EXCHANGE_BYTES, what,
+                         "peer list not exchanged")
+    answer = read_sent(peer_input.decode(sent, what), address)
     outcome = accept(cfg, peer_list.parse(answer, f"peer list from {address}"), address,
                      new_names=MAX_NEW_NAMES)
     outcome.answer = answer

@@ -10,11 +10,10 @@ peer which offers it holds (`replimesh-swarm have`) and sends the missing ones.
 from __future__ import annotations
 
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import journal, membership, peer_input, swarm_engine, swarm_offers, swarm_signing
+from . import journal, membership, peer_input, peer_ssh, swarm_engine, swarm_offers, swarm_signing
 from .config import Config
 from .errors import ConfigError
 from .swarm_daemon import write_done
@@ -24,6 +23,7 @@ OFFER = "replimesh-swarm offer"
 HAVE = "replimesh-swarm have"
 VERBS = (OFFER, HAVE)
 MAX_SENT = swarm_offers.MAX_OFFER_BYTES * 2  # base64 and JSON around the largest manifest
+MAX_ANSWER_BYTES = 1 << 20   # a peer's answer: a line per offer it holds, or one word
 
 
 @dataclass
@@ -106,14 +106,7 @@ def _offer_to(cfg: Config, name: str, addresses: tuple[str, ...], offer: Offer) 
 
 
 def _ssh(cfg: Config, address: str, verb: str, sent: str) -> str:
-    argv = [cfg.ssh, "-o", f"ConnectTimeout={cfg.connect_timeout}", "-o", "BatchMode=yes",
-            "-p", str(cfg.ssh_port), f"{cfg.user}@{address}", verb]
-    try:
-        done = subprocess.run(argv, input=sent, capture_output=True, text=True, check=False,
-                              timeout=cfg.connect_timeout + 60)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"{verb} to {address} timed out") from None
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        raise ConfigError(f"{verb} to {address}: {why}")
-    return done.stdout
+    answer = f"{verb} answer from {address}"
+    got = peer_ssh.call(cfg, address, verb, sent.encode(), MAX_ANSWER_BYTES, answer,
+                        f"{verb} to {address}")
+    return peer_input.decode(got, answer)
