@@ -93,6 +93,7 @@ def thief_unison(nodes, key, local, remote, user="replimesh"):
 
 
 def test_a_stolen_key_reads_nothing_outside_the_replicas(nodes, stolen_key):
+    assert sync(nodes["node3"])[0] == 0  # node2 then holds the archives of (node2, node3)
     for secret in (f"{HOME}/.ssh", "/etc/replimesh", f"{HOME}/.unison/pairs/node3"):
         loot = f"{THIEF}/loot{secret.replace('/', '-')}"
         on(nodes["node3"], f"rm -rf {loot} && mkdir -p {loot}")
