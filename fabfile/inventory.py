@@ -40,8 +40,10 @@ def inventory_path(option: str | None) -> str:
 def mesh_hosts(inventory: str, group: str = "mesh", optional: tuple[str, ...] = ()) -> list[Host]:
     """Every host of the group, which must have some, then those of the optional groups
     (missing or empty is fine), each host once: with what it takes to reach it."""
+    # Reading an inventory needs no terminal: Ansible refuses a non-blocking stdin.
     done = subprocess.run(["ansible-inventory", "-i", inventory, "--list"],
-                          capture_output=True, text=True, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0 or not Path(inventory).exists():
         raise InventoryError(f"cannot read inventory {inventory}: "
                              + (done.stderr.strip().splitlines() or ["does it exist?"])[-1])

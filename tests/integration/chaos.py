@@ -388,7 +388,8 @@ class Workload:
         running = subprocess.Popen(["ssh", *access.ssh_options(self.lab),
                                     f"root@{self.node(node).address}",
                                     "runuser -u replimesh -- replimesh sync"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         time.sleep(delay)  # the kill lands at a random point of the round, on purpose
         killed = self.nodes.on(self.node(node), _KILL)
         code, _, left = killed.stdout.partition("\n")

@@ -10,7 +10,8 @@ from fabfile.lab.nodes import list_nodes
 
 def fab(*args, lab_name, check=True):
     """Run the operator's real CLI, as an operator would."""
-    done = subprocess.run(["fab", *args], capture_output=True, text=True, timeout=600,
+    done = subprocess.run(["fab", *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600,
                           env=dict(os.environ, REPLIMESH_LAB=lab_name), check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"fab {' '.join(args)} failed: {done.stderr}")
@@ -30,7 +31,8 @@ def playbook(lab, name, *args, check=True):
     """Run one of the project's playbooks on a lab, as an operator would."""
     done = subprocess.run(["ansible-playbook", "-i", str(lab.inventory_dir),
                            f"playbooks/{name}", *args],
-                          capture_output=True, text=True, timeout=900, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=900, check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
     return done

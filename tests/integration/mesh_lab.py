@@ -94,5 +94,5 @@ def peer_list(node):
 def fab_mesh(task):
     """`fab mesh.*` against the lab's inventory, as an operator runs it."""
     env = dict(os.environ, REPLIMESH_INVENTORY=str(MESH.inventory_dir))
-    return subprocess.run(["fab", task], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
+    return subprocess.run(["fab", task], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=env, timeout=300, check=False)

@@ -175,8 +175,8 @@ def thief_ssh(key, node, *options, command="id", timeout=30):
     return subprocess.run(
         ["ssh", *access.ssh_options(FAULT), "-i", str(key), *options,
          f"replimesh@{node.address}", *([command] if command else [])],
-        capture_output=True, text=True, timeout=timeout, check=False,
-        env={**os.environ, "DISPLAY": ":0"})
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+        check=False, env={**os.environ, "DISPLAY": ":0"})
 
 
 @pytest.mark.timeout(1200)   # one site.yml run
@@ -254,7 +254,8 @@ def test_a_stolen_key_gets_no_forwarding_tty_or_x11(nodes, stolen_key):
     local = subprocess.Popen(
         ["ssh", *access.ssh_options(FAULT), "-i", str(stolen_key), "-N",
          "-L", f"127.0.0.1:{port}:127.0.0.1:22", f"replimesh@{node2.address}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
     try:
         banner, connected = b"", False
         for _ in range(50):   # until ssh listens

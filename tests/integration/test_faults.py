@@ -64,8 +64,8 @@ def start_round(node):
     """A round on node in the background, as the sync user over real SSH."""
     return subprocess.Popen(["ssh", *access.ssh_options(FAULT), f"root@{node.address}",
                              "runuser -u replimesh -- replimesh sync"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
 
 
 def receiving(node, name):

@@ -40,7 +40,7 @@ def test_each_node_has_its_own_host_key(lab, nodes):
 def test_ansible_reaches_every_node_with_strict_host_keys(lab, nodes):
     done = subprocess.run(
         ["ansible", "-i", str(lab.inventory_dir), "mesh", "-m", "ansible.builtin.ping"],
-        capture_output=True, text=True, timeout=120, check=False)
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("SUCCESS") == len(nodes)
 

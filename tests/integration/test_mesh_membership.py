@@ -187,7 +187,8 @@ def test_a_broken_inventory_is_refused_before_anything_changes(before, tmp_path,
     broken = tmp_path / "hosts.yml"
     broken.write_text(yaml.safe_dump(inventory))
     done = subprocess.run(["ansible-playbook", "-i", str(broken), "playbooks/site.yml"],
-                          capture_output=True, text=True, timeout=600, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=600, check=False)
     assert done.returncode == 2
     assert message in done.stdout
     assert {t["changed"] for t in recap(done.stdout).values()} == {0}

@@ -20,8 +20,8 @@ SIZE = 8 << 20
 def fab_swarm(lab, *args):
     """`fab swarm.*` against the lab's inventory, as an operator runs it (no terminal)."""
     env = dict(os.environ, REPLIMESH_INVENTORY=str(lab.inventory_dir))
-    return subprocess.run(["fab", *args], capture_output=True, text=True, env=env,
-                          timeout=600, check=False)
+    return subprocess.run(["fab", *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=env, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def check(tmp_path, versions):
         """) + hosts)
     (tmp_path / "play.yml").write_text(PLAY)
     return subprocess.run(["ansible-playbook", "-i", str(tmp_path / "hosts.yml"),
-                           str(tmp_path / "play.yml")],
+                           str(tmp_path / "play.yml")], stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
