@@ -22,7 +22,6 @@ from .swarm_offers import Offer
 OFFER = "replimesh-swarm offer"
 HAVE = "replimesh-swarm have"
 VERBS = (OFFER, HAVE)
-MAX_SENT = swarm_offers.MAX_OFFER_BYTES * 2  # base64 and JSON around the largest manifest
 MAX_ANSWER_BYTES = 1 << 20   # a peer's answer: a line per offer it holds, or one word
 
 
@@ -72,7 +71,8 @@ def answer_offer(cfg: Config, peer: str, fd: int) -> str:
     """The serving side: read the offer from peer on fd (at most the largest an offer may
     be, within the time limits of peer_input), check it, cheapest checks first, and keep
     it; ConfigError saying why not."""
-    offer = swarm_offers.parse(peer_input.read(fd, MAX_SENT, f"offer from {peer}"), peer)
+    sent = peer_input.read(fd, swarm_offers.MAX_SENT, f"offer from {peer}")
+    offer = swarm_offers.parse(sent, peer)
     swarm_offers.check_bounds(cfg, offer, peer)
     swarm_signing.check(cfg, offer, peer)
     swarm_engine.check(offer, peer)

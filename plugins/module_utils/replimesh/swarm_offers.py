@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .state import write_json
 
 MAX_OFFER_BYTES = 16 << 20   # a 500 GB file in 16 MiB pieces has a ~1 MB manifest
+MAX_SENT = MAX_OFFER_BYTES * 2  # an offer as sent: base64 and JSON around the manifest
 STAGING = ".replimesh-swarm"  # under the swarm root: same filesystem, so the final move
                               # into place is an atomic rename
 _INFOHASH = re.compile(r"[0-9a-f]{64}\Z")
@@ -104,8 +105,8 @@ def staging_dir(cfg: Config, offer: Offer) -> str:
 def parse(text: str | bytes, source: str) -> Offer:
     """An offer received from a peer; ConfigError naming the source and the fault in one
     line, whatever the input (not UTF-8, nested deep, numbers of any size)."""
-    if len(text) > MAX_OFFER_BYTES * 2:
-        raise ConfigError(f"offer from {source} is larger than {MAX_OFFER_BYTES * 2} bytes")
+    if len(text) > MAX_SENT:
+        raise ConfigError(f"offer from {source} is larger than {MAX_SENT} bytes")
     if isinstance(text, bytes):
         text = peer_input.decode(text, f"offer from {source}")
     data = peer_input.loads(text, f"offer from {source}")
