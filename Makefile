@@ -22,7 +22,7 @@ unit: venv
 	pytest tests/unit
 
 integration: venv
-	pytest tests/integration
+	pytest --durations=25 tests/integration
 
 molecule: venv
 	molecule test --scenario-name default

@@ -14,6 +14,7 @@ from .helpers import running_nodes
 ROOT = "/srv/replimesh/data"
 BACKUP = ".replimesh-backup"  # under each root, never synced
 HOME = "/var/lib/replimesh"
+MESH_FILES = f"{HOME}/mesh"  # the peer list, known_hosts, round results
 # The fault tests' lab and the chaos run: short timeouts keep them fast (a dead peer
 # costs 3 s, a vanished one 6 s, a session held open with nothing sent 15 s), and no
 # cron rounds (fresh_replicas leaves none).

@@ -22,7 +22,7 @@ from fabfile.lab import access
 from plugins.module_utils.replimesh import swarm_offers
 
 from .helpers import playbook, recap, wait_until
-from .mesh_lab import DEPLOY, FAULT, HOME, IDLE_TIMEOUT_S, ROOT, Nodes, fresh_replicas
+from .mesh_lab import DEPLOY, FAULT, HOME, IDLE_TIMEOUT_S, MESH_FILES, ROOT, Nodes, fresh_replicas
 
 LAB = Nodes(FAULT)
 on, as_sync_user, sync, write, contents = (LAB.on, LAB.as_sync_user, LAB.sync, LAB.write,
@@ -74,6 +74,7 @@ def honest_round_converges(nodes):
 # --- Confinement of the Unison server -------------------------------------------------
 
 THIEF = "/tmp/thief"  # on node3, a host with Unison: the thief's key, archives and loot
+EXCHANGE = "replimesh peers exchange"
 
 
 def thief_unison(nodes, key, local, remote, user="replimesh"):
@@ -121,6 +122,54 @@ def test_a_stolen_key_writes_nothing_outside_the_replicas(nodes, stolen_key):
     honest_round_converges(nodes)
 
 
+# The exchange and swarm verbs are replimesh's own code reading a peer's input: serve
+# confines itself before it reads a byte of it (serve._confine_verb).
+VERB_REACH = f"""
+import os, sys
+sys.path.insert(0, "/opt/replimesh/lib")
+from replimesh import config, serve
+serve._confine_verb(config.load())
+for kind, path in (("read", "{HOME}/.ssh/id_ed25519"), ("read", "/etc/replimesh/swarm-node.key"),
+                   ("read", "{HOME}/.unison/pairs"), ("write", "{HOME}/.ssh/planted"),
+                   ("write", "{HOME}/.unison/planted"), ("write", "{HOME}/planted"),
+                   ("read", "{MESH_FILES}/peers.json"), ("write", "{MESH_FILES}/.tmp/probe")):
+    try:
+        if kind == "write":
+            open(path, "w").close()
+        elif os.path.isdir(path):
+            os.listdir(path)
+        else:
+            open(path, "rb").close()
+        print(kind, path, "allowed")
+    except PermissionError:
+        print(kind, path, "denied")
+"""
+
+
+def test_a_stolen_keys_exchange_runs_where_the_nodes_keys_are_out_of_reach(nodes, stolen_key):
+    node2 = nodes["node2"]
+    held = subprocess.Popen(  # an exchange whose list never comes: node2 waits for it
+        ["ssh", *access.ssh_options(FAULT), "-i", str(stolen_key), "-o", "IdentitiesOnly=yes",
+         f"replimesh@{node2.address}", EXCHANGE],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:   # within the 5 s a peer has to start sending, until serve has confined itself
+        status = on(node2, "for _ in $(seq 40); do "
+                           "pid=$(pgrep -n -u replimesh -f 'python3 .*serve --peer node1'); "
+                           "seen=$(grep -s NoNewPrivs /proc/$pid/status); "
+                           "case $seen in *1) break;; esac; sleep 0.1; done; echo $seen").stdout
+    finally:
+        held.kill()
+        held.wait()
+    assert status.split() == ["NoNewPrivs:", "1"], status   # it entered its sandbox
+    reach = as_sync_user(node2, "python3 -", stdin=VERB_REACH).stdout.splitlines()
+    assert reach == [
+        f"read {HOME}/.ssh/id_ed25519 denied", "read /etc/replimesh/swarm-node.key denied",
+        f"read {HOME}/.unison/pairs denied", f"write {HOME}/.ssh/planted denied",
+        f"write {HOME}/.unison/planted denied", f"write {HOME}/planted denied",
+        f"read {MESH_FILES}/peers.json allowed", f"write {MESH_FILES}/.tmp/probe allowed"]
+    honest_round_converges(nodes)
+
+
 def test_a_session_held_open_by_a_stolen_key_ends_at_the_idle_limit(nodes, stolen_key):
     node2 = nodes["node2"]
     accepted = log_count(node2, "accepted node1: -server")
@@ -159,7 +208,7 @@ PLANTS = {f"{HOME}/.ssh/id_ed25519": "/etc/shadow",
           f"{HOME}/.ssh/config": f"{DECOYS}/config",
           f"{HOME}/.ansible/tmp": f"{DECOYS}/tmp/",
           f"{HOME}/swarm": f"{DECOYS}/swarm/",
-          f"{HOME}/peers.json": f"{DECOYS}/peers.json",
+          f"{MESH_FILES}/peers.json": f"{DECOYS}/peers.json",
           "/srv/replimesh/swarm": f"{DECOYS}/swarm-root/",
           "/srv/replimesh/data": f"{DECOYS}/data/"}
 SPOOL = "/var/spool/cron/crontabs/replimesh"
@@ -280,7 +329,6 @@ def test_a_stolen_key_gets_no_forwarding_tty_or_x11(nodes, stolen_key):
 # --- Bounded work per peer, peer-supplied text as data ----------------------------------
 
 LOGS = "/var/log/replimesh"
-EXCHANGE = "replimesh peers exchange"
 
 
 def log_size(node):
@@ -291,7 +339,7 @@ def bogus_entries(node, size=4 << 20):
     """A peer list of size bytes: node's own entries, then tombstones of new names, all
     "newer", each with a well-formed signature made over something else (each would cost
     a real `ssh-keygen -Y verify`)."""
-    real = json.loads(on(node, f"cat {HOME}/peers.json").stdout)
+    real = json.loads(on(node, f"cat {MESH_FILES}/peers.json").stdout)
     signature = real["peers"][0]["signature"]
     one = {"addresses": [], "ssh_key": "", "host_keys": [], "state": "removed",
            "version": 99, "signature": signature}
@@ -303,7 +351,7 @@ def bogus_entries(node, size=4 << 20):
 def honest_exchange(node, peer):
     """node's own exchange with peer, as its rounds start it: (exit code, seconds)."""
     started = time.monotonic()
-    done = as_sync_user(node, f"sh -c 'ssh {peer.address} {EXCHANGE} < {HOME}/peers.json "
+    done = as_sync_user(node, f"sh -c 'ssh {peer.address} {EXCHANGE} < {MESH_FILES}/peers.json "
                               "> /dev/null'", check=False, timeout=600)
     return done.returncode, time.monotonic() - started
 

@@ -15,7 +15,7 @@ import pytest
 from fabfile.lab import access, control, faults
 
 from .helpers import running_nodes, wait_until
-from .mesh_lab import FAULT, HOME, ROOT, Nodes, fresh_replicas
+from .mesh_lab import FAULT, HOME, MESH_FILES, ROOT, Nodes, fresh_replicas
 
 LAB = Nodes(FAULT)
 on, sync, write, contents = LAB.on, LAB.sync, LAB.write, LAB.contents
@@ -304,8 +304,8 @@ def test_a_new_peer_address_keeps_unisons_archive(lab, nodes):
     on(node2, f"ip addr add {new_address}/24 dev eth0")
     try:
         # node1 trusts node2's host key at the new address too (as a signed list would).
-        on(nodes["node1"], f"grep '^node2,' {HOME}/.ssh/known_hosts | "
-                           f"sed 's/^node2,[^ ]* /{new_address} /' >> {HOME}/.ssh/known_hosts")
+        on(nodes["node1"], f"grep '^node2,' {MESH_FILES}/known_hosts | "
+                           f"sed 's/^node2,[^ ]* /{new_address} /' >> {MESH_FILES}/known_hosts")
         archives = on(nodes["node1"], f"ls {HOME}/.unison/pairs/node2").stdout.split()
         on(nodes["node1"], f"rm {ROOT}/moved.txt")
         # One session with node2 at its new address: a lost archive would bring the file

@@ -13,7 +13,7 @@ from .helpers import playbook, recap, running_nodes, wait_until
 from .mesh_lab import MESH, ROOT, as_sync_user, fab_mesh, listing, on, sync, write
 
 CONNECT_TIMEOUT = 10  # replimesh_connect_timeout's default
-KNOWN_HOSTS = "cat /var/lib/replimesh/.ssh/known_hosts"
+KNOWN_HOSTS = "cat /var/lib/replimesh/mesh/known_hosts"
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from plugins.module_utils.replimesh import signature
 from .helpers import playbook, recap, running_nodes
 from .mesh_lab import MESH, ROOT, as_sync_user, fab_mesh, listing, on, peer_list, sync, write
 
-PEERS_JSON = "/var/lib/replimesh/peers.json"
+PEERS_JSON = "/var/lib/replimesh/mesh/peers.json"
 # What sshd gets for the sync user's keys (run as sshd runs it).
 AUTHORIZED_KEYS = ("runuser -u replimesh-keys -- /usr/local/sbin/replimesh-authorized-keys "
                    "replimesh")

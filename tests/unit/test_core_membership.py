@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from plugins.module_utils.replimesh import membership, peer_ssh
+from plugins.module_utils.replimesh import confine, membership, peer_ssh
 from plugins.module_utils.replimesh import peers as peer_list
 from plugins.module_utils.replimesh.errors import ConfigError
 
@@ -330,7 +330,8 @@ def test_exchange_sends_my_list_and_takes_the_answer(node, tmp_path):
     assert json.loads(text(tmp_path / "sent")) == {**json.loads(mine), "history": {"/r": []}}
     assert outcome.answer == json.loads(text(answer))
     assert text(tmp_path / "argv").split() == [
-        "-o", "ConnectTimeout=1", "-o", "BatchMode=yes", "-p", "2222", "replimesh@127.0.0.2",
+        "-o", "ConnectTimeout=1", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={cfg.known_hosts}", "-p", "2222", "replimesh@127.0.0.2",
         "replimesh", "peers", "exchange"]
     assert "node3" in membership.load(cfg)
 
@@ -365,6 +366,25 @@ def test_an_answer_larger_than_an_exchange_may_be_is_cut_off(node, tmp_path, mon
     with pytest.raises(ConfigError, match=r"^peer list from 127.0.0.2 is larger than 1000 "
                                           r"bytes$"):
         membership.exchange(cfg, "127.0.0.2")
+
+
+@pytest.mark.skipif(not confine.abi(), reason="this kernel offers no Landlock")
+def test_a_confined_exchange_still_takes_and_answers(tmp_path):
+    """node2 serves the exchange confined (serve._confine_verb): what it needs (the code,
+    Python, ssh-keygen, a folder for signatures, its list and its logs) is in reach."""
+    mesh = tmp_path / "node2" / "mesh"   # as deployed: not the folder of the archives
+    mesh.mkdir(parents=True)
+    _, config2 = write_node(tmp_path / "node2", [*PEERS, {"name": "node4"}], node="node2",
+                            confine=True, peers_file=str(mesh / "peers.json"),
+                            known_hosts=str(mesh / "known_hosts"))
+    os.rename(tmp_path / "node2" / "peers.json", mesh / "peers.json")
+    ssh, _ = fake_ssh(tmp_path, "node1", {"127.0.0.2": config2})
+    (tmp_path / "node1").mkdir()
+    cfg1, _ = write_node(tmp_path / "node1", [*PEERS, {"name": "node3"}], ssh=ssh)
+    assert membership.exchange(cfg1, "127.0.0.2").changed == ["node4"]
+    everyone = signed([*PEERS, {"name": "node3"}, {"name": "node4"}])
+    assert peer_list.parse(json.loads(text(mesh / "peers.json"))) == everyone
+    assert "(unconfined)" not in text(tmp_path / "node2" / "log" / "serve.log")
 
 
 def test_two_nodes_end_with_the_same_list(tmp_path):

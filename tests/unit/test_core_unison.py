@@ -131,7 +131,9 @@ def test_command_targets_the_same_absolute_path_on_the_peer():
     argv = unison.command(cfg, "/srv/d", ADDRESS)
     assert argv[:3] == ["/usr/bin/unison", "/srv/d", "ssh://sync@127.0.0.2//srv/d"]
     assert {"-batch", "-times", "-log=false"} <= set(argv)
-    assert argv[argv.index("-sshargs") + 1] == "-o ConnectTimeout=4 -p 2222"
+    assert argv[argv.index("-sshargs") + 1] == (
+        "-o ConnectTimeout=4 -o BatchMode=yes "
+        "-o UserKnownHostsFile=/var/lib/replimesh/mesh/known_hosts -p 2222")
     assert argv[argv.index("-ui") + 1] == "text"
 
 

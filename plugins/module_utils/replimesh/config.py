@@ -18,8 +18,10 @@ class Config:
     node: str                       # this node's name in the peer list
     roots: tuple[str, ...]          # absolute paths of the replicas, the same on every node
     user: str = "replimesh"         # the sync user on every node
-    peers_file: str = "/var/lib/replimesh/peers.json"
-    state_file: str = "/var/lib/replimesh/state.json"
+    # The mesh's own files (peer list, its lock, round results, known_hosts) share one
+    # folder, the only one of the sync user's home a peer's exchange may write (serve.py).
+    peers_file: str = "/var/lib/replimesh/mesh/peers.json"
+    state_file: str = "/var/lib/replimesh/mesh/state.json"
     log_dir: str = "/var/log/replimesh"
     unison: str = "/usr/bin/unison"
     unison_dir: str = "/var/lib/replimesh/.unison"   # Unison's archives, a folder per pair
@@ -36,7 +38,7 @@ class Config:
     # keys user's own copy of the list, from which sshd learns the keys that may log in
     # as the sync user (authorized_keys.py), out of the sync user's reach.
     operator_signers: str = "/etc/replimesh/operator_signers"
-    known_hosts: str = "/var/lib/replimesh/.ssh/known_hosts"
+    known_hosts: str = "/var/lib/replimesh/mesh/known_hosts"
     keys_copy: str = "/var/lib/replimesh-keys/peers.json"
     command: str = "/usr/local/bin/replimesh"   # what peers' keys are forced to run
     ssh: str = "/usr/bin/ssh"

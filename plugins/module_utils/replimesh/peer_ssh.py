@@ -19,13 +19,20 @@ MAX_ERROR_BYTES = 64 << 10   # of the peer's stderr; the rest is read and droppe
 ANSWER_WAIT_S = 60.0
 
 
+def options(cfg: Config) -> list[str]:
+    """The options of every SSH connection to a peer (besides the sync user's SSH client
+    config): the known_hosts the node writes from the signed peer list, pinned here so
+    that code and config always agree on it."""
+    return ["-o", f"ConnectTimeout={cfg.connect_timeout}", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={cfg.known_hosts}", "-p", str(cfg.ssh_port)]
+
+
 def call(cfg: Config, address: str, verb: str, sent: bytes, limit: int, answer: str,
          failed: str) -> bytes:
     """The peer's answer to verb, given sent on its standard input. ConfigError saying
     why not: "<answer>: ..." when the answer is too large or too slow, "<failed>: ..."
     with the peer's own last words when the call failed."""
-    argv = [cfg.ssh, "-o", f"ConnectTimeout={cfg.connect_timeout}", "-o", "BatchMode=yes",
-            "-p", str(cfg.ssh_port), f"{cfg.user}@{address}", verb]
+    argv = [cfg.ssh, *options(cfg), f"{cfg.user}@{address}", verb]
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     errors: list[bytes] = []

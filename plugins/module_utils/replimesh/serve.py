@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 
 from . import (
     children,
@@ -84,11 +85,23 @@ def serve(cfg: Config, peer: str) -> int:
         journal.append(cfg, LOG, f"refused {peer}: {refusal}")
         print(f"replimesh: refused: {journal.one_line(str(refusal))}", file=sys.stderr)
         return 1
-    if argv == [membership.EXCHANGE]:
-        return _exchange(cfg, peer)
-    if argv[0] in swarm_mesh.VERBS:
+    if argv[0] == membership.EXCHANGE or argv[0] in swarm_mesh.VERBS:
+        try:
+            _confine_verb(cfg)
+        except confine.Unavailable as why:
+            return _refuse_unconfined(cfg, peer, why, "replimesh: refused: ")
+        if argv[0] == membership.EXCHANGE:
+            return _exchange(cfg, peer)
         return _swarm(cfg, peer, argv[0])
     return _unison_server(cfg, peer, argv[1], [argv[0], *argv[2:]])
+
+
+def _refuse_unconfined(cfg: Config, peer: str, why: confine.Unavailable, prefix: str) -> int:
+    refusal = (f"{cfg.node} cannot confine a peer's session ({why}); it serves none "
+               "unless deployed with replimesh_agent_confine: false")
+    journal.append(cfg, LOG, f"refused {peer}: {refusal}")
+    print(f"{prefix}{refusal}", file=sys.stderr)
+    return 1
 
 
 def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
@@ -100,11 +113,7 @@ def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
     try:
         sandbox = _sandbox(cfg, peer, root)
     except confine.Unavailable as why:
-        refusal = (f"{cfg.node} cannot confine a peer's session ({why}); it serves none "
-                   "unless deployed with replimesh_agent_confine: false")
-        journal.append(cfg, LOG, f"refused {peer}: {refusal}")
-        print(f"{unison.REFUSED}{refusal}", file=sys.stderr)
-        return 1
+        return _refuse_unconfined(cfg, peer, why, unison.REFUSED)
     try:
         fd = replica.acquire(cfg, root, f"session from {peer}", LOCK_WAIT_S)
     except replica.Busy as busy:
@@ -149,6 +158,52 @@ def _sandbox(cfg: Config, peer: str, root: str) -> confine.Sandbox | None:
         return None
     return confine.Sandbox.build(read=SYSTEM_READ,
                                  write=[root, unison.pair_dir(cfg, peer), "/dev/null"])
+
+
+# The code of replimesh itself (this package's folder), which the verbs go on importing.
+CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What the exchange and swarm verbs read besides the system: OpenSSL's settings
+# (libtorrent checks an offer's torrent).
+VERB_READ = ["/etc/ssl/openssl.cnf"]
+VERB_TMP = ".tmp"  # in the mesh folder: signatures being checked
+
+
+def _confine_verb(cfg: Config) -> None:
+    """Before a byte of the peer's request is read, restrict this process to what the
+    exchange and the swarm verbs touch: they write the mesh folder (peer list, its lock,
+    known_hosts), the replicas' records, the swarm's offers and the logs; they read the
+    code, the system, the operator's key and the replicas (walked for what was deleted
+    here). The node's keys, Unison's archives and /etc/replimesh stay out of reach.
+    Nothing when confinement is turned off; Unavailable when it cannot be done."""
+    if not cfg.confine:
+        return
+    mesh = {os.path.dirname(cfg.peers_file), os.path.dirname(cfg.known_hosts)}
+    write = [*mesh, cfg.log_dir, cfg.replica_dir, cfg.swarm_dir, "/dev/null"]
+    read = [*SYSTEM_READ, *VERB_READ, sys.prefix, sys.base_prefix, CODE_DIR,
+            cfg.operator_signers, *cfg.roots]
+    keys = os.path.dirname(cfg.swarm_signing_key)
+    for path in (*write, *read):
+        if _within(keys, path) or _within(cfg.unison_dir, path):
+            raise confine.Unavailable(f"{path} holds the node's key or Unison's archives, "
+                                      "which a peer's exchange must not reach: deploy the "
+                                      "node with playbooks/site.yml")
+    tmp = os.path.join(os.path.dirname(cfg.peers_file), VERB_TMP)
+    for folder in (tmp, cfg.replica_dir):  # a rule needs its folder to exist
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    tempfile.tempdir = tmp
+    sandbox = confine.Sandbox.build(read=read, write=write)
+    try:
+        sandbox.enter()
+    finally:
+        sandbox.close()
+
+
+def _within(folder: str, path: str) -> bool:
+    """Whether path is folder or lies under it, or holds it (a rule on path would cover
+    folder)."""
+    folder, path = os.path.abspath(folder), os.path.abspath(path)
+    common = os.path.commonpath([folder, path])
+    return common in (folder, path)
 
 
 def _exchange(cfg: Config, peer: str) -> int:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
-from . import children
+from . import children, peer_ssh
 from .config import Config
 from .replica import BACKUP_DIR
 
@@ -60,9 +60,9 @@ class Session:
 def command(cfg: Config, root: str, address: str, extra: tuple[str, ...] = ()) -> list[str]:
     """The argv of a Unison session: local root against the same path on the peer."""
     remote = f"ssh://{cfg.user}@{address}/{root}"  # ssh://u@h//abs/path
-    ssh_args = f"-o ConnectTimeout={cfg.connect_timeout} -p {cfg.ssh_port}"
     return [cfg.unison, root, remote, "-batch", "-times", "-log=false",
-            "-sshargs", ssh_args, "-ui", "text",
+            "-sshargs", " ".join(peer_ssh.options(cfg)),  # Unison splits it on spaces
+            "-ui", "text",
             "-servercmd", shlex.join([REPLICA_SERVER, root]),
             # Both replicas' replimesh locks are held for the whole session, so a Unison
             # lock file found now was left by a session that was killed.
