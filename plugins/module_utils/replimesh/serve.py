@@ -191,11 +191,7 @@ def _confine_verb(cfg: Config) -> None:
     for folder in (tmp, cfg.replica_dir):  # a rule needs its folder to exist
         os.makedirs(folder, mode=0o700, exist_ok=True)
     tempfile.tempdir = tmp
-    sandbox = confine.Sandbox.build(read=read, write=write)
-    try:
-        sandbox.enter()
-    finally:
-        sandbox.close()
+    confine.restrict(read=read, write=write)
 
 
 def _within(folder: str, path: str) -> bool:

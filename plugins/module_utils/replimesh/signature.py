@@ -18,10 +18,12 @@ PRINCIPAL = "replimesh-operator"
 SSH_KEYGEN = "ssh-keygen"
 
 
-def allowed_signers(public_key: str) -> str:
-    """The allowed_signers line for the operator's public key ("type base64 [comment]")."""
+def allowed_signers(public_key: str, principal: str = PRINCIPAL,
+                    namespace: str = NAMESPACE) -> str:
+    """The allowed_signers line for a public key ("type base64 [comment]"), the
+    operator's unless told."""
     kind, blob = public_key.split()[:2]
-    return f'{PRINCIPAL} namespaces="{NAMESPACE}" {kind} {blob}\n'
+    return f'{principal} namespaces="{namespace}" {kind} {blob}\n'
 
 
 def sign(private_key: str, data: bytes, namespace: str = NAMESPACE) -> str:

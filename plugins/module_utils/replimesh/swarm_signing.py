@@ -37,9 +37,8 @@ def check(cfg: Config, offer: Offer, source: str) -> None:
     if entry is None or not entry.active or not entry.ssh_key:
         raise ConfigError(f"offer of {offer.path!r} from {source}: its publisher "
                           f"{offer.publisher} is not an active node of the peer list")
-    kind, blob = entry.ssh_key.split()[:2]
     with tempfile.NamedTemporaryFile("w", suffix=".signers", delete=False) as signers:
-        signers.write(f'{offer.publisher} namespaces="{NAMESPACE}" {kind} {blob}\n')
+        signers.write(signature.allowed_signers(entry.ssh_key, offer.publisher, NAMESPACE))
     try:
         good = signature.verify(signers.name, offer.signed_bytes(), offer.signature,
                                 offer.publisher, NAMESPACE)
