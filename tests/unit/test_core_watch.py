@@ -1,0 +1,152 @@
+"""The watches of a root, on the real inotify of this kernel: what a change of each kind
+reports, folders made, moved and removed, the root replaced, the kernel's limit; and how
+a burst of changes is gathered into one round."""
+
+import os
+import select
+import shutil
+import time
+
+import pytest
+
+from plugins.module_utils.replimesh import inotify, watch
+from plugins.module_utils.replimesh.watch import Burst, Changes, Tree, outermost
+
+
+@pytest.fixture
+def notify():
+    instance = inotify.Inotify()
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def root(tmp_path):
+    path = tmp_path / "data"
+    (path / "a" / "b").mkdir(parents=True)
+    (path / "a" / "b" / "old.txt").write_text("old")
+    (path / ".replimesh-backup" / "x").mkdir(parents=True)
+    return path
+
+
+def settle(notify, tree, deadline_s=2.0):
+    """Every change the tree reports until the queue stays empty for 0.2 s."""
+    changes, end = Changes(), time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        ready, _, _ = select.select([notify], [], [], 0.2)
+        if not ready:
+            break
+        for event in notify.read():
+            tree.handle(event, changes)
+    return changes
+
+
+def test_every_folder_but_the_backup_area_is_watched(notify, root):
+    tree = Tree(notify, str(root))
+    assert tree.start() == 3
+    assert set(tree.watches) == {"", "a", "a/b"}
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: (r / "new.txt").write_text("x"), {"new.txt"}),
+    (lambda r: (r / "a" / "b" / "old.txt").write_text("changed"), {"a/b/old.txt"}),
+    (lambda r: (r / "a" / "b" / "old.txt").unlink(), {"a/b/old.txt"}),
+    (lambda r: os.chmod(r / "a" / "b" / "old.txt", 0o600), {"a/b/old.txt"}),
+    (lambda r: os.rename(r / "a" / "b" / "old.txt", r / "a" / "moved.txt"),
+     {"a/b/old.txt", "a/moved.txt"}),
+    (lambda r: os.symlink("/etc", r / "link"), {"link"}),
+    (lambda r: (r / ".replimesh-backup" / "x" / "kept").write_text("x"), set()),
+    (lambda r: (r / "a" / ".unison.f.123.unison.tmp").write_text("x"), set()),
+], ids=["create", "modify", "delete", "chmod", "move", "symlink", "backup", "unison-temp"])
+def test_a_change_reports_its_paths(notify, root, change, expected):
+    tree = Tree(notify, str(root))
+    tree.start()
+    change(root)
+    changes = settle(notify, tree)
+    assert changes.paths == expected and not changes.everything
+
+
+def test_a_new_folder_is_watched_and_reported_whole(notify, root):
+    tree = Tree(notify, str(root))
+    tree.start()
+    (root / "n" / "m").mkdir(parents=True)   # its files may come before its watch
+    (root / "n" / "m" / "early.txt").write_text("x")
+    changes = settle(notify, tree)
+    assert "n" in changes.paths
+    assert {"n", "n/m"} <= set(tree.watches)
+    (root / "n" / "m" / "late.txt").write_text("y")
+    assert settle(notify, tree).paths == {"n/m/late.txt"}
+
+
+def test_a_folder_moved_within_the_root_is_watched_under_its_new_name(notify, root):
+    tree = Tree(notify, str(root))
+    tree.start()
+    os.rename(root / "a", root / "z")
+    assert settle(notify, tree).paths == {"a", "z"}
+    assert set(tree.watches) == {"", "z", "z/b"}
+    (root / "z" / "b" / "new.txt").write_text("x")
+    assert settle(notify, tree).paths == {"z/b/new.txt"}
+
+
+def test_a_folder_moved_out_or_removed_leaves_no_watch(notify, root, tmp_path):
+    tree = Tree(notify, str(root))
+    tree.start()
+    os.rename(root / "a", tmp_path / "outside")
+    assert settle(notify, tree).paths == {"a"}
+    (tmp_path / "outside" / "b" / "elsewhere.txt").write_text("x")
+    assert settle(notify, tree).paths == set()
+    (root / "c").mkdir()
+    settle(notify, tree)
+    shutil.rmtree(root / "c")
+    assert settle(notify, tree).paths == {"c"}
+    assert set(tree.watches) == {""}
+
+
+def test_a_replaced_root_means_everything_and_is_watched_again(notify, root, tmp_path):
+    tree = Tree(notify, str(root))
+    tree.start()
+    os.rename(root, tmp_path / "old-root")
+    (tmp_path / "data" / "fresh").mkdir(parents=True)
+    changes = settle(notify, tree)
+    assert changes.everything
+    assert set(tree.watches) == {"", "fresh"}
+    (root / "fresh" / "f.txt").write_text("x")
+    assert settle(notify, tree).paths == {"fresh/f.txt"}
+
+
+def test_the_kernels_limit_is_named(notify, root, monkeypatch):
+    def exhausted(*_args):
+        raise inotify.Exhausted("fs.inotify.max_user_watches")
+    monkeypatch.setattr(notify, "add", exhausted)
+    with pytest.raises(inotify.Exhausted) as caught:
+        Tree(notify, str(root)).start()
+    assert caught.value.setting == "fs.inotify.max_user_watches"
+    assert isinstance(inotify.limit(), int)
+
+
+def test_parse_reads_several_events_and_their_names():
+    data = (inotify._HEADER.pack(1, inotify.CREATE, 0, 16) + b"name\0".ljust(16, b"\0")
+            + inotify._HEADER.pack(-1, inotify.Q_OVERFLOW, 0, 0))
+    assert inotify.parse(data) == [inotify.Event(1, inotify.CREATE, 0, "name"),
+                                   inotify.Event(-1, inotify.Q_OVERFLOW, 0, "")]
+
+
+def test_a_burst_is_due_after_its_quiet_time_or_its_longest_wait():
+    burst = Burst(quiet_s=1.0, max_wait_s=5.0)
+    assert burst.due_in(0.0) is None
+    burst.add(Changes({"a"}), 10.0)
+    assert burst.due_in(10.0) == 1.0
+    for now in (10.5, 11.0, 11.5, 12.0, 12.5, 13.0, 13.5, 14.0, 14.5):   # never quiet
+        burst.add(Changes({f"f{now}"}), now)
+    assert burst.due_in(14.5) == pytest.approx(0.5)   # 5 s after the first change
+    assert len(burst.take().paths) == 10
+    assert burst.due_in(15.0) is None
+
+
+def test_a_burst_keeps_outermost_paths_and_too_many_mean_everything():
+    burst = Burst()
+    burst.add(Changes({"a", "a/b", "a b", "c/d"}), 0.0)
+    assert burst.take().paths == {"a", "a b", "c/d"}
+    burst.add(Changes({f"f{n}" for n in range(watch.MAX_PATHS + 1)}), 0.0)
+    assert burst.take() == Changes(everything=True)
+    assert outermost({"x/y/z", "x/y", "x"}) == ["x"]
