@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from plugins.module_utils.replimesh import inotify, watch
+from plugins.module_utils.replimesh import inotify, tree, watch
 from plugins.module_utils.replimesh.watch import Burst, Changes, Tree, outermost
 
 
@@ -150,3 +150,14 @@ def test_a_burst_keeps_outermost_paths_and_too_many_mean_everything():
     burst.add(Changes({f"f{n}" for n in range(watch.MAX_PATHS + 1)}), 0.0)
     assert burst.take() == Changes(everything=True)
     assert outermost({"x/y/z", "x/y", "x"}) == ["x"]
+
+
+def test_news_keeps_what_differs_from_the_last_walk(root):
+    index = tree.walk(str(root), {}).index   # as a served session leaves it
+    assert watch.news(str(root), index, {"a/b/old.txt", "a", "gone.txt"}) == set()
+    (root / "a" / "b" / "old.txt").write_text("edited here")
+    (root / "a" / "new.txt").write_text("new")
+    assert watch.news(str(root), index, {"a/b/old.txt", "a/new.txt"}) == \
+        {"a/b/old.txt", "a/new.txt"}
+    (root / "a" / "b" / "old.txt").unlink()
+    assert watch.news(str(root), index, {"a/b/old.txt"}) == {"a/b/old.txt"}

@@ -83,9 +83,9 @@ def _walk_folder(folder: str, prefix: str, previous: Index, done: Walk) -> None:
             done.files += 1
 
 
-def _entry(item: os.DirEntry | str, before: list | None) -> list | None:
-    """[kind, size, mtime_ns, ctime_ns, inode, digest] of a folder entry (or a path); None
-    if it is gone, or is not a file, symlink or folder."""
+def fingerprint(item: os.DirEntry | str) -> list | None:
+    """[kind, size, mtime_ns, ctime_ns, inode] of a folder entry (or a path), what an index
+    entry holds but its digest; None if it is gone, or is not a file, symlink or folder."""
     try:
         status = item.stat(follow_symlinks=False) if isinstance(item, os.DirEntry) \
             else os.lstat(item)
@@ -93,21 +93,32 @@ def _entry(item: os.DirEntry | str, before: list | None) -> list | None:
         return None
     if stat.S_ISDIR(status.st_mode):
         # Its mtime says whether an entry was added, removed or renamed in it (settled()).
-        return [FOLDER, 0, status.st_mtime_ns, 0, status.st_ino, DIRECTORY]
+        return [FOLDER, 0, status.st_mtime_ns, 0, status.st_ino]
     if stat.S_ISLNK(status.st_mode):
         kind = LINK
     elif stat.S_ISREG(status.st_mode):
         kind = FILE
     else:
         return None
-    fingerprint = [kind, status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino]
-    if before is not None and before[:5] == fingerprint:
-        return [*fingerprint, before[5]]
+    return [kind, status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino]
+
+
+def _entry(item: os.DirEntry | str, before: list | None) -> list | None:
+    """[kind, size, mtime_ns, ctime_ns, inode, digest] of a folder entry (or a path); None
+    if it is gone, or is not a file, symlink or folder."""
+    fingerprint_now = fingerprint(item)
+    if fingerprint_now is None:
+        return None
+    kind = fingerprint_now[0]
+    if kind == FOLDER:
+        return [*fingerprint_now, DIRECTORY]
+    if before is not None and before[:5] == fingerprint_now:
+        return [*fingerprint_now, before[5]]
     try:
         digest = digest_of(os.fspath(item), kind)
     except OSError:
         return None  # gone while read, or unreadable: not a version this node holds
-    return [*fingerprint, digest]
+    return [*fingerprint_now, digest]
 
 
 def settled(root: str, index: Index, root_mtime: int) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from . import inotify
+from . import inotify, tree
 from .tree import BACKUP_DIR, UNISON_TEMP, UNISON_TEMP_END
 
 # Beyond this many changed paths, a round syncs the whole root (one Unison session
@@ -35,6 +35,19 @@ def ignored(relative: str) -> bool:
     name = relative.rsplit("/", 1)[-1]
     return first == BACKUP_DIR or (name.startswith(UNISON_TEMP) and
                                    name.endswith(UNISON_TEMP_END))
+
+
+def news(root: str, index: tree.Index, paths: set[str]) -> set[str]:
+    """The paths whose state is not the one the root's last walk indexed: what changed
+    here since. A session serving a peer walks the root when it ends, so what it wrote
+    is indexed by then and starts no round of its own (the peer's round passes it on);
+    a change made here meanwhile differs from the index, and is kept."""
+    kept = set()
+    for path in paths:
+        now, before = tree.fingerprint(os.path.join(root, path)), index.get(path)
+        if now != (before[:5] if before else None):
+            kept.add(path)
+    return kept
 
 
 class Tree:
