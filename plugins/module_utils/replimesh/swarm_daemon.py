@@ -18,7 +18,6 @@ active peer itself every few seconds, and its IP filter follows the peer list.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from . import journal, membership, swarm_engine, swarm_offers
+from . import daemons, journal, membership, swarm_engine, swarm_offers
 from .config import Config
 from .errors import ConfigError
 from .state import write_json
@@ -65,17 +64,7 @@ def paths(cfg: Config) -> dict[str, str]:
 def lock_or_none(cfg: Config):
     """The daemon's lock file, held; None when another daemon holds it."""
     os.makedirs(cfg.swarm_dir, mode=0o750, exist_ok=True)
-    handle = open(paths(cfg)["lock"], "a+", encoding="utf-8")  # noqa: SIM115 - held for life
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+    return daemons.lock_or_none(paths(cfg)["lock"])
 
 
 class Daemon:
@@ -447,22 +436,6 @@ def _bits(pieces) -> str:
     return format(value << (width * 4 - len(pieces)), f"0{width}x")
 
 
-def _take_over(cfg: Config, wait_s: float = 30.0):
-    """Stop the running daemon (SIGTERM to the pid in its lock file) and take its lock."""
-    try:
-        with open(paths(cfg)["lock"], encoding="utf-8") as handle:
-            os.kill(int(handle.read().strip()), signal.SIGTERM)
-    except (OSError, ValueError):
-        pass  # gone already, or not ours to signal: wait for the lock all the same
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        lock = lock_or_none(cfg)
-        if lock is not None:
-            return lock
-        time.sleep(0.2)
-    return None
-
-
 def _unchanged(dest: str, done: dict) -> bool:
     try:
         stat = os.stat(dest)
@@ -492,27 +465,6 @@ def run(cfg: Config, detach: bool = False, replace: bool = False) -> int:
     """Run the daemon unless one already runs on this node (then say so, exit 0);
     replace: stop the running one first (it saves its resume data)."""
     swarm_engine.lt()  # fail here, with the install hint, not in a detached child
-    lock = lock_or_none(cfg)
-    if lock is None and replace:
-        lock = _take_over(cfg)
-    if lock is None:
-        print(f"replimesh: swarm daemon already running on {cfg.node}")
-        return 0
-    if detach:
-        lock.close()
-        if os.fork():
-            return 0
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        lock = lock_or_none(cfg)
-        if lock is None:
-            os._exit(0)
-    os.environ.pop("SSH_CLIENT", None)  # started over SSH: its log lines are not a client's
-    try:
-        return Daemon(cfg).run()
-    finally:
-        lock.close()
+    os.makedirs(cfg.swarm_dir, mode=0o750, exist_ok=True)
+    return daemons.run("swarm daemon", cfg.node, paths(cfg)["lock"],
+                       lambda: Daemon(cfg).run(), detach=detach, replace=replace)
