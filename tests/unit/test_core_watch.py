@@ -51,13 +51,12 @@ def test_every_folder_but_the_backup_area_is_watched(notify, root):
     (lambda r: (r / "new.txt").write_text("x"), {"new.txt"}),
     (lambda r: (r / "a" / "b" / "old.txt").write_text("changed"), {"a/b/old.txt"}),
     (lambda r: (r / "a" / "b" / "old.txt").unlink(), {"a/b/old.txt"}),
-    (lambda r: os.chmod(r / "a" / "b" / "old.txt", 0o600), {"a/b/old.txt"}),
     (lambda r: os.rename(r / "a" / "b" / "old.txt", r / "a" / "moved.txt"),
      {"a/b/old.txt", "a/moved.txt"}),
     (lambda r: os.symlink("/etc", r / "link"), {"link"}),
     (lambda r: (r / ".replimesh-backup" / "x" / "kept").write_text("x"), set()),
     (lambda r: (r / "a" / ".unison.f.123.unison.tmp").write_text("x"), set()),
-], ids=["create", "modify", "delete", "chmod", "move", "symlink", "backup", "unison-temp"])
+], ids=["create", "modify", "delete", "move", "symlink", "backup", "unison-temp"])
 def test_a_change_reports_its_paths(notify, root, change, expected):
     tree = Tree(notify, str(root))
     tree.start()
@@ -92,14 +91,53 @@ def test_a_folder_moved_out_or_removed_leaves_no_watch(notify, root, tmp_path):
     tree = Tree(notify, str(root))
     tree.start()
     os.rename(root / "a", tmp_path / "outside")
-    assert settle(notify, tree).paths == {"a"}
+    assert settle(notify, tree).candidates() == (set(), {"a"})   # a session's deletion?
     (tmp_path / "outside" / "b" / "elsewhere.txt").write_text("x")
-    assert settle(notify, tree).paths == set()
+    assert not settle(notify, tree)
     (root / "c").mkdir()
+    (root / "c" / "f").write_text("x")
     settle(notify, tree)
     shutil.rmtree(root / "c")
-    assert settle(notify, tree).paths == {"c"}
+    assert settle(notify, tree).candidates() == ({"c/f"}, {"c"})
     assert set(tree.watches) == {""}
+
+
+@pytest.mark.parametrize("change, sure, unsure", [
+    # What a Unison session does: writes to a temporary name and renames it into place;
+    # moves what it deletes or overwrites to the backup area; removes emptied folders.
+    (lambda r: (r / "a" / ".unison.new.1.unison.tmp").write_text("x") or os.rename(
+        r / "a" / ".unison.new.1.unison.tmp", r / "a" / "new"), set(), set()),
+    (lambda r: (r / "a" / "b" / ".unison.old.txt.1.unison.tmp").write_text("y") or os.rename(
+        r / "a" / "b" / ".unison.old.txt.1.unison.tmp", r / "a" / "b" / "old.txt"),
+     set(), set()),
+    (lambda r: os.rename(r / "a" / "b" / "old.txt", r / ".replimesh-backup" / "old.txt"),
+     set(), {"a/b/old.txt"}),
+    (lambda r: os.chmod(r / "a" / "b" / "old.txt", 0o600), set(), {"a/b/old.txt"}),
+    # What only a process of this node does.
+    (lambda r: os.rename(r / "a" / "b" / "old.txt", r / "renamed"),
+     {"a/b/old.txt", "renamed"}, set()),
+    (lambda r: (r / "a" / "b" / "old.txt").unlink(), {"a/b/old.txt"}, set()),
+], ids=["session-writes", "session-replaces", "session-deletes", "chmod", "renamed-here",
+        "removed-here"])
+def test_what_a_session_may_have_done_is_told_from_what_only_this_node_does(
+        notify, root, change, sure, unsure):
+    tree = Tree(notify, str(root))
+    tree.start()
+    change(root)
+    assert settle(notify, tree).candidates() == (sure, unsure)
+
+
+def test_a_folder_a_session_renamed_into_place_is_watched(notify, root):
+    tree = Tree(notify, str(root))
+    tree.start()
+    (root / ".unison.n.1.unison.tmp" / "m").mkdir(parents=True)
+    (root / ".unison.n.1.unison.tmp" / "m" / "f").write_text("x")
+    os.rename(root / ".unison.n.1.unison.tmp", root / "n")
+    changes = settle(notify, tree)
+    assert changes.candidates() == (set(), set()) and changes.synced == {"n"}
+    assert {"n", "n/m"} <= set(tree.watches)
+    (root / "n" / "m" / "late.txt").write_text("y")
+    assert settle(notify, tree).paths == {"n/m/late.txt"}
 
 
 def test_a_replaced_root_means_everything_and_is_watched_again(notify, root, tmp_path):
@@ -134,21 +172,22 @@ def test_parse_reads_several_events_and_their_names():
 def test_a_burst_is_due_after_its_quiet_time_or_its_longest_wait():
     burst = Burst(quiet_s=1.0, max_wait_s=5.0)
     assert burst.due_in(0.0) is None
-    burst.add(Changes({"a"}), 10.0)
+    burst.changes.paths.add("a")
+    burst.noted(10.0)
     assert burst.due_in(10.0) == 1.0
     for now in (10.5, 11.0, 11.5, 12.0, 12.5, 13.0, 13.5, 14.0, 14.5):   # never quiet
-        burst.add(Changes({f"f{now}"}), now)
+        burst.changes.paths.add(f"f{now}")
+        burst.noted(now)
     assert burst.due_in(14.5) == pytest.approx(0.5)   # 5 s after the first change
     assert len(burst.take().paths) == 10
     assert burst.due_in(15.0) is None
+    burst.noted(20.0)   # nothing gathered: not due
+    assert burst.due_in(20.0) is None
 
 
-def test_a_burst_keeps_outermost_paths_and_too_many_mean_everything():
-    burst = Burst()
-    burst.add(Changes({"a", "a/b", "a b", "c/d"}), 0.0)
-    assert burst.take().paths == {"a", "a b", "c/d"}
-    burst.add(Changes({f"f{n}" for n in range(watch.MAX_PATHS + 1)}), 0.0)
-    assert burst.take() == Changes(everything=True)
+def test_a_round_syncs_the_outermost_paths_and_too_many_mean_the_whole_root():
+    assert watch.scope({"a", "a/b", "a b", "c/d"}) == ["a", "a b", "c/d"]
+    assert watch.scope({f"f{n}" for n in range(watch.MAX_PATHS + 1)}) is None
     assert outermost({"x/y/z", "x/y", "x"}) == ["x"]
 
 

@@ -22,26 +22,51 @@ MAX_PATHS = 500
 
 @dataclass
 class Changes:
-    paths: set[str] = field(default_factory=set)
+    """What the events of a root say changed, by who may have changed it."""
+    paths: set[str] = field(default_factory=set)    # by a process of this node, surely
+    # Moved out of the watched folders, metadata changed, an empty folder removed: a
+    # session does that too (its deletions go to the backup area), so these are news
+    # only when they differ from what the root's last walk indexed (news()).
+    unsure: set[str] = field(default_factory=set)
+    # A Unison session's writes: a temporary file renamed onto the path. Not news.
+    synced: set[str] = field(default_factory=set)
+    moved_from: dict[int, tuple[str, bool]] = field(default_factory=dict)  # cookie ->
+    # (path, whether a Unison temporary file), until its MOVED_TO comes (or never)
     everything: bool = False   # events were lost, or the root was replaced
 
     def __bool__(self) -> bool:
-        return self.everything or bool(self.paths)
+        return bool(self.everything or self.paths or self.unsure or self.moved_from)
+
+    def merge(self, other: Changes) -> None:
+        self.paths |= other.paths
+        self.unsure |= other.unsure
+        self.synced |= other.synced
+        self.moved_from.update(other.moved_from)
+        self.everything |= other.everything
+
+    def candidates(self) -> tuple[set[str], set[str]]:
+        """(paths surely changed here, paths to check against the index): a move whose
+        MOVED_TO never came left the watched folders, a session's deletion or not."""
+        unsure = self.unsure | {path for path, temporary in self.moved_from.values()
+                                if not temporary}
+        return set(self.paths), unsure - self.paths
 
 
 def ignored(relative: str) -> bool:
     """Paths replimesh never syncs: the backup area, Unison's temporary files."""
     first, _, _ = relative.partition("/")
-    name = relative.rsplit("/", 1)[-1]
-    return first == BACKUP_DIR or (name.startswith(UNISON_TEMP) and
-                                   name.endswith(UNISON_TEMP_END))
+    return first == BACKUP_DIR or _unison_temporary(relative.rsplit("/", 1)[-1])
+
+
+def _unison_temporary(name: str) -> bool:
+    """Unison writes what it brings to a temporary name, then renames it into place."""
+    return name.startswith(UNISON_TEMP) and name.endswith(UNISON_TEMP_END)
 
 
 def news(root: str, index: tree.Index, paths: set[str]) -> set[str]:
-    """The paths whose state is not the one the root's last walk indexed: what changed
-    here since. A session serving a peer walks the root when it ends, so what it wrote
-    is indexed by then and starts no round of its own (the peer's round passes it on);
-    a change made here meanwhile differs from the index, and is kept."""
+    """The paths whose state is not the one the root's last walk indexed. A session
+    walks the root when it ends (the caller holds the replica's lock, so none is under
+    way), so what it moved away or changed the metadata of is indexed by then."""
     kept = set()
     for path in paths:
         now, before = tree.fingerprint(os.path.join(root, path)), index.get(path)
@@ -81,24 +106,44 @@ class Tree:
                 self.restart()
             return   # a folder below: its parent reports it
         path = f"{folder}/{event.name}" if folder else event.name
+        if event.mask & inotify.MOVED_TO and event.cookie in changes.moved_from:
+            source, temporary = changes.moved_from.pop(event.cookie)
+            if not temporary:
+                changes.paths.add(source)   # renamed here
+        elif event.mask & inotify.MOVED_FROM:
+            temporary = _unison_temporary(event.name)
+            if temporary or not ignored(path):
+                changes.moved_from[event.cookie] = (path, temporary)
+            if event.is_dir and not temporary:
+                self._drop_below(path)
+            return
+        else:
+            temporary = False
         if ignored(path):
             return
-        changes.paths.add(path)
-        if not event.is_dir:
-            return
-        if event.mask & (inotify.MOVED_FROM | inotify.DELETE):
+        if temporary:
+            changes.synced.add(path)   # Unison put what it brought in place
+        elif event.mask & inotify.ATTRIB or (event.is_dir and event.mask & inotify.DELETE):
+            changes.unsure.add(path)
+        else:
+            changes.paths.add(path)
+        if event.is_dir and event.mask & inotify.DELETE:
             self._drop_below(path)
-        elif event.mask & (inotify.CREATE | inotify.MOVED_TO):
+        elif event.is_dir and event.mask & (inotify.CREATE | inotify.MOVED_TO):
             self._add_below(path)
 
     def restart(self) -> None:
         """Drop every watch and watch the root again as it is now (if it is there)."""
+        self.stop()
+        if os.path.isdir(self.root):
+            self._add_below("")
+
+    def stop(self) -> None:
+        """Drop every watch."""
         for wd in list(self.folders):
             self.notify.remove(wd)
         self.folders.clear()
         self.watches.clear()
-        if os.path.isdir(self.root):
-            self._add_below("")
 
     def _add_below(self, top: str) -> None:
         pending = [top]
@@ -138,22 +183,22 @@ class Tree:
 
 
 class Burst:
-    """Changes gathered until a round should start: quiet_s after the last change of a
-    burst, and no later than max_wait_s after its first under continuous change."""
+    """The changes of one root gathered until a round should start: quiet_s after the
+    last event of a burst, and no later than max_wait_s after its first under continuous
+    change. Tree.handle adds to `changes`; noted() says when."""
 
     def __init__(self, quiet_s: float = 1.0, max_wait_s: float = 5.0):
         self.quiet_s, self.max_wait_s = quiet_s, max_wait_s
         self.changes = Changes()
         self.first = self.last = 0.0
 
-    def add(self, changes: Changes, now: float) -> None:
-        if not changes:
-            return
+    def noted(self, now: float) -> None:
+        """Events were handled at now."""
         if not self.changes:
+            return
+        if not self.first:
             self.first = now
         self.last = now
-        self.changes.paths |= changes.paths
-        self.changes.everything |= changes.everything
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the round is due (0: now); None with nothing gathered."""
@@ -162,14 +207,16 @@ class Burst:
         return max(0.0, min(self.last + self.quiet_s, self.first + self.max_wait_s) - now)
 
     def take(self) -> Changes:
-        """What the round is for: the paths (none under another), or everything."""
         taken, self.changes = self.changes, Changes()
-        if taken.everything:
-            return Changes(everything=True)
-        paths = outermost(taken.paths)
-        if len(paths) > MAX_PATHS:
-            return Changes(everything=True)
-        return Changes(set(paths))
+        self.first = self.last = 0.0
+        return taken
+
+
+def scope(changed: set[str]) -> list[str] | None:
+    """What a round for these changed paths syncs: the outermost of them (none under
+    another), sorted; None for the whole root (beyond MAX_PATHS)."""
+    paths = outermost(changed)
+    return None if len(paths) > MAX_PATHS else paths
 
 
 def outermost(paths: set[str]) -> list[str]:
