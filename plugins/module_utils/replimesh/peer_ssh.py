@@ -1,16 +1,29 @@
-"""One call of a peer's `replimesh serve` verb over SSH (the exchange, the swarm's offers),
-with what comes back read as hostile input: at most `limit` bytes of answer, within the
-time limits of peer_input, and only the last line of its error output kept. (Unison
-sessions make their own SSH connection: unison.py.)
+"""SSH to peers: the options of every connection (the calls here, Unison's sessions), the
+one connection a round shares per peer, and one call of a peer's `replimesh serve` verb
+(the exchange, the swarm's offers), with what comes back read as hostile input: at most
+`limit` bytes of answer, within the time limits of peer_input, and only the last line of
+its error output kept.
+
+Within sharing(), connect() opens one SSH connection to a peer (OpenSSH's connection
+sharing: a master process, its socket in a private folder); every later call and Unison
+session to that address runs as a session of it, so a round pays one handshake (and
+one login's key lookup on the peer) per peer instead of one per call. The peer's sshd
+still forces `replimesh serve` on every session of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import subprocess
+import tempfile
 import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from . import peer_input
+from . import children, peer_input
 from .config import Config
 from .errors import ConfigError
 
@@ -19,12 +32,73 @@ MAX_ERROR_BYTES = 64 << 10   # of the peer's stderr; the rest is read and droppe
 ANSWER_WAIT_S = 60.0
 
 
-def options(cfg: Config) -> list[str]:
+_shared: dict[str, Master] = {}   # address -> its master, within sharing()
+_folder: list[str] = []             # the sockets' private folder, within sharing()
+MASTER_WAIT_S = 5.0                 # beyond the connect timeout, for the login
+
+
+@dataclass
+class Master:
+    process: subprocess.Popen
+    socket: str
+
+
+def options(cfg: Config, address: str | None = None) -> list[str]:
     """The options of every SSH connection to a peer (besides the sync user's SSH client
     config): the known_hosts the node writes from the signed peer list, pinned here so
-    that code and config always agree on it."""
-    return ["-o", f"ConnectTimeout={cfg.connect_timeout}", "-o", "BatchMode=yes",
+    that code and config always agree on it; the shared connection to address, if open
+    (when it is gone, ssh connects by itself)."""
+    argv = ["-o", f"ConnectTimeout={cfg.connect_timeout}", "-o", "BatchMode=yes",
             "-o", f"UserKnownHostsFile={cfg.known_hosts}", "-p", str(cfg.ssh_port)]
+    master = _shared.get(address or "")
+    if master is not None and master.process.poll() is None:
+        argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={master.socket}"]
+    return argv
+
+
+@contextlib.contextmanager
+def sharing() -> Iterator[None]:
+    """Connections opened by connect() within are shared, and closed at the end."""
+    if _folder:   # already within: the outer block closes them
+        yield
+        return
+    _folder.append(tempfile.mkdtemp(prefix="replimesh-ssh-"))
+    try:
+        yield
+    finally:
+        for master in _shared.values():
+            master.process.terminate()
+        for master in _shared.values():
+            try:
+                master.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                master.process.kill()
+                master.process.wait()
+        _shared.clear()
+        shutil.rmtree(_folder.pop(), ignore_errors=True)
+
+
+def connect(cfg: Config, address: str) -> str:
+    """Open the shared connection to address (within sharing(); once): "" when it is up
+    (or not within sharing()), else ssh's reason; the calls then connect by themselves."""
+    if not _folder or address in _shared:
+        return ""
+    socket = os.path.join(_folder[0], str(len(_shared)))
+    argv = [cfg.ssh, *options(cfg), "-N", "-o", "ControlMaster=yes",
+            "-o", f"ControlPath={socket}", "-o", "ControlPersist=no",
+            f"{cfg.user}@{address}"]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, preexec_fn=children.tied())
+    deadline = time.monotonic() + cfg.connect_timeout + MASTER_WAIT_S
+    while not os.path.exists(socket):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            said = process.communicate()[1].decode(errors="replace").strip().splitlines()
+            return said[-1] if said else f"ssh exited with status {process.returncode}"
+        time.sleep(0.01)
+    process.stderr.close()
+    _shared[address] = Master(process, socket)
+    return ""
 
 
 def call(cfg: Config, address: str, verb: str, sent: bytes, limit: int, answer: str,
@@ -32,7 +106,7 @@ def call(cfg: Config, address: str, verb: str, sent: bytes, limit: int, answer: 
     """The peer's answer to verb, given sent on its standard input. ConfigError saying
     why not: "<answer>: ..." when the answer is too large or too slow, "<failed>: ..."
     with the peer's own last words when the call failed."""
-    argv = [cfg.ssh, *options(cfg), f"{cfg.user}@{address}", verb]
+    argv = [cfg.ssh, *options(cfg, address), f"{cfg.user}@{address}", verb]
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     errors: list[bytes] = []

@@ -61,7 +61,7 @@ def command(cfg: Config, root: str, address: str, extra: tuple[str, ...] = ()) -
     """The argv of a Unison session: local root against the same path on the peer."""
     remote = f"ssh://{cfg.user}@{address}/{root}"  # ssh://u@h//abs/path
     return [cfg.unison, root, remote, "-batch", "-times", "-log=false",
-            "-sshargs", " ".join(peer_ssh.options(cfg)),  # Unison splits it on spaces
+            "-sshargs", " ".join(peer_ssh.options(cfg, address)),  # split on spaces
             "-ui", "text",
             "-servercmd", shlex.join([REPLICA_SERVER, root]),
             # Both replicas' replimesh locks are held for the whole session, so a Unison
