@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import config as node_config
-from . import confine, membership, state, swarm_cli
+from . import confine, daemons, membership, state, swarm_cli, watch_daemon
 from . import peers as peer_list
-from .errors import ReplimeshError
+from .errors import ConfigError, ReplimeshError
 from .round import exit_code, now, run_round
 from .serve import serve
 
@@ -35,10 +36,32 @@ def _sync(cfg, args) -> int:
     if not args.json:
         print(f"== {now()} {cfg.node}: sync round", flush=True)
     results = run_round(cfg, progress=show, second_pass=not args.one_pass,
-                        allow_deletions=args.allow_deletions)
+                        allow_deletions=args.allow_deletions,
+                        scope=scope_of(cfg, args.path) if args.path else None)
     if args.json:
         print(json.dumps({"node": cfg.node, "peers": [r.as_dict() for r in results]}, indent=2))
     return exit_code(results)
+
+
+def scope_of(cfg, paths: list[str]) -> dict[str, list[str] | None]:
+    """{root: paths relative to it} of absolute paths in the roots; a root itself means
+    all of it."""
+    scope: dict[str, list[str] | None] = {}
+    for path in paths:
+        normal = os.path.normpath(path)
+        root = next((r for r in cfg.roots if normal == r or normal.startswith(r + "/")), None)
+        if not path.startswith("/") or root is None:
+            raise ConfigError(f"--path {path}: not in a replica ({', '.join(cfg.roots)})")
+        relative = normal[len(root) + 1:]
+        if not relative or scope.get(root, []) is None:
+            scope[root] = None
+        else:
+            scope.setdefault(root, []).append(relative)
+    return scope
+
+
+def _watch(cfg, args) -> int:
+    return watch_daemon.run(cfg, detach=args.detach, replace=args.replace, stop=args.stop)
 
 
 def _serve(cfg, args) -> int:
@@ -127,7 +150,15 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--one-pass", action="store_true",
                       help="no second pass to the peers that missed a change in this round "
                            "(the mesh then needs a round on every node to converge)")
+    sync.add_argument("--path", action="append", metavar="PATH",
+                      help="sync only this file or folder of a replica (absolute; may be "
+                           "given again), as the watcher's rounds do")
     sync.set_defaults(handler=_sync)
+
+    watch = verbs.add_parser("watch", help="the watcher: a round for what changes here, "
+                                           "within seconds")
+    daemons.add_arguments(watch)
+    watch.set_defaults(handler=_watch)
 
     serve_verb = verbs.add_parser("serve", help="the forced command of peers' SSH keys")
     serve_verb.add_argument("--peer", required=True, help="the peer whose key this is")

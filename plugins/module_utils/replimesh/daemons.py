@@ -5,11 +5,23 @@ foreground by systemd, and replaced when the agent's code changed.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import signal
+import sys
 import time
 from typing import Callable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every daemon's verb: how cron, systemd and the deploy run it."""
+    parser.add_argument("--detach", action="store_true",
+                        help="run in the background (cron's watchdog); exit at once when "
+                             "one already runs")
+    parser.add_argument("--replace", action="store_true",
+                        help="stop the one that runs first (after new code or config)")
+    parser.add_argument("--stop", action="store_true", help="stop the one that runs")
 
 
 def lock_or_none(path: str):
@@ -45,11 +57,22 @@ def take_over(path: str, wait_s: float = 30.0):
 
 
 def run(name: str, node: str, lock_path: str, main: Callable[[], int],
-        detach: bool = False, replace: bool = False) -> int:
+        detach: bool = False, replace: bool = False, stop: bool = False) -> int:
     """Run main as the node's one daemon of that name, unless one already runs (then
     say so, exit 0); replace: stop the running one first; detach: in the background,
-    in a session of its own, with no terminal."""
+    in a session of its own, with no terminal; stop: only stop the running one."""
     lock = lock_or_none(lock_path)
+    if stop:
+        if lock is None:
+            lock = take_over(lock_path)
+            if lock is None:
+                print(f"replimesh: {name} on {node} did not stop", file=sys.stderr)
+                return 1
+            print(f"replimesh: {name} stopped on {node}")
+        else:
+            print(f"replimesh: {name} not running on {node}")
+        lock.close()
+        return 0
     if lock is None and replace:
         lock = take_over(lock_path)
     if lock is None:

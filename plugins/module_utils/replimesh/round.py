@@ -8,16 +8,19 @@ changed. Every session holds the replica's lock on both sides (see replica.py).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import conflicts, membership, replica, replica_history, state, swarm_mesh, unison
+from . import conflicts, membership, peer_ssh, replica, replica_history, state, swarm_mesh, unison
 from . import peers as peer_list
 from .config import Config
 from .errors import ConfigError, ReplimeshError
@@ -49,17 +52,43 @@ class Removed(ReplimeshError):
     """This node is removed from the mesh: it syncs with nobody."""
 
 
+# What a round syncs: {root: the paths in it to sync (relative), None for all of it}.
+Scope = dict[str, "list[str] | None"]
+
+
 def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
               exchange: bool = True, second_pass: bool = True,
-              allow_deletions: bool = False) -> list[PeerResult]:
+              allow_deletions: bool = False, scope: Scope | None = None) -> list[PeerResult]:
     """Sync every root with every active peer in this node's rotated order, then go back
     to the peers that missed a change (second_pass); record it.
 
     Each peer's sessions start with a peer-list exchange; the list is read again after
     each peer, so a peer learned in this round is synced in this round, and one that
     became removed is not contacted. allow_deletions takes each root as it is now as
-    intended, past the deletion guard.
+    intended, past the deletion guard. scope: the roots and paths to sync (the watcher's
+    rounds), every root in full by default. Rounds of this node run one at a time.
     """
+    with _one_round_at_a_time(cfg), peer_ssh.sharing():
+        return _run_round(cfg, progress, exchange, second_pass, allow_deletions,
+                          scope or {root: None for root in cfg.roots})
+
+
+@contextlib.contextmanager
+def _one_round_at_a_time(cfg: Config) -> Iterator[None]:
+    """The node's round lock (a cron round and the watcher's wait on each other)."""
+    folder = os.path.dirname(cfg.state_file)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(folder, "round.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, exchange: bool,
+               second_pass: bool, allow_deletions: bool, scope: Scope) -> list[PeerResult]:
     peers = membership.load(cfg)
     _refuse_if_removed(cfg, peers)
     extra: tuple[str, ...] = ()
@@ -78,8 +107,8 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
         came_in: dict[str, int] = {}
         heard: dict[str, int] = {}
         result = sync_peer(cfg, pending[0], exchange, incoming=came_in, heard=heard,
-                           extra=extra)
-        for root in cfg.roots:
+                           extra=extra, scope=scope)
+        for root in scope:
             incoming.setdefault(root, []).append(came_in.get(root, 0))
             histories.setdefault(root, []).append(heard.get(root, 0))
         results.append(result)
@@ -96,8 +125,9 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
                 continue
             # A peer synced before records it has not heard of came in hears them now.
             tell = any(n for root in roots for n in histories[root][index + 1:])
-            again = sync_peer(cfg, entry, exchange=exchange and tell, roots=roots,
-                              address=result.address, extra=extra)
+            again = sync_peer(cfg, entry, exchange=exchange and tell,
+                              address=result.address, extra=extra,
+                              scope={root: scope[root] for root in roots})
             merge(result, again)
             if progress:
                 again.message = "; ".join(m for m in ("second pass", again.message) if m)
@@ -147,15 +177,16 @@ def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
                       "(its data is left as it is)")
 
 
-def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
-              roots: list[str] | None = None, address: str | None = None,
+def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | None = None,
               incoming: dict[str, int] | None = None, heard: dict[str, int] | None = None,
-              extra: tuple[str, ...] = ()) -> PeerResult:
-    """Sync the roots (all by default) with one peer; note in incoming[root] how many
-    changes came in from it (deletions the history made here included), in heard[root]
-    how many history records were new. extra: more Unison arguments for every session."""
+              extra: tuple[str, ...] = (), scope: Scope | None = None) -> PeerResult:
+    """Sync the scope (every root in full by default) with one peer; note in
+    incoming[root] how many changes came in from it (deletions the history made here
+    included), in heard[root] how many history records were new. extra: more Unison
+    arguments for every session."""
     started = time.monotonic()
-    roots = list(cfg.roots) if roots is None else roots
+    scope = scope or {root: None for root in cfg.roots}
+    roots = list(scope)
     if not any(os.path.isdir(root) for root in roots):
         # A missing root (unmounted disk?) is not an empty one: never sync it.
         return PeerResult(peer.name, peer.addresses[0], FAILED, 0.0,
@@ -168,6 +199,8 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
                                   f"{cfg.ssh_port} within {cfg.connect_timeout} s")
     result = PeerResult(peer.name, address, OK, 0.0)
     problems = []
+    if exchange or len(roots) > 1:   # more than one connection to share
+        peer_ssh.connect(cfg, address)   # if it fails, each call connects and tells why
     if exchange:
         for root in roots:  # what was deleted here goes out with the exchange
             replica_history.observe_if_free(cfg, root)
@@ -194,7 +227,7 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True,
         except ConfigError as error:
             problems.append(f"swarm offers not passed on: {error}")
     for root in roots:
-        outcome = sync_root(cfg, peer.name, address, root, extra)
+        outcome = sync_root(cfg, peer.name, address, root, (*extra, *paths(scope[root])))
         session = outcome.failure or outcome.session
         if incoming is not None:
             incoming[root] = outcome.incoming + outcome.deleted
@@ -290,6 +323,11 @@ def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
     replica_history.observe(cfg, root, guard=False, after_session=True)  # what came in
     # is known, not news
     return outcome
+
+
+def paths(relative: list[str] | None) -> tuple[str, ...]:
+    """Unison's arguments that limit a session to these paths of the root (all: none)."""
+    return tuple(f"-path={path}" for path in relative or ())
 
 
 def first_reachable(addresses: tuple[str, ...], port: int, timeout: float) -> str | None:

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from . import swarm_daemon, swarm_firewall, swarm_mesh, swarm_offers
+from . import daemons, swarm_daemon, swarm_firewall, swarm_mesh, swarm_offers
 from .errors import ConfigError
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -22,10 +22,7 @@ def add_parser(verbs) -> None:
     publish.add_argument("--json", action="store_true", help="print the result as JSON")
     publish.set_defaults(handler=_publish)
     daemon = sub.add_parser("daemon", help="download what is offered, and seed")
-    daemon.add_argument("--detach", action="store_true",
-                        help="run in the background (exit at once if one already runs)")
-    daemon.add_argument("--replace", action="store_true",
-                        help="stop the daemon that runs first (after a new certificate)")
+    daemons.add_arguments(daemon)
     daemon.set_defaults(handler=_daemon)
     status = sub.add_parser("status", help="every swarm file on this node")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -55,7 +52,7 @@ def _publish(cfg, args) -> int:
 
 
 def _daemon(cfg, args) -> int:
-    return swarm_daemon.run(cfg, detach=args.detach, replace=args.replace)
+    return swarm_daemon.run(cfg, detach=args.detach, replace=args.replace, stop=args.stop)
 
 
 def load_status(cfg) -> dict:

@@ -461,10 +461,10 @@ def _write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def run(cfg: Config, detach: bool = False, replace: bool = False) -> int:
+def run(cfg: Config, detach: bool = False, replace: bool = False, stop: bool = False) -> int:
     """Run the daemon unless one already runs on this node (then say so, exit 0);
     replace: stop the running one first (it saves its resume data)."""
     swarm_engine.lt()  # fail here, with the install hint, not in a detached child
     os.makedirs(cfg.swarm_dir, mode=0o750, exist_ok=True)
     return daemons.run("swarm daemon", cfg.node, paths(cfg)["lock"],
-                       lambda: Daemon(cfg).run(), detach=detach, replace=replace)
+                       lambda: Daemon(cfg).run(), detach=detach, replace=replace, stop=stop)

@@ -1,0 +1,204 @@
+"""`replimesh watch`: the node's watcher. It watches every root (watch.Tree) and starts
+a round for what changed here within about a second of a burst's end, syncing only the
+changed paths with each peer; what incoming sessions wrote starts no round.
+
+It starts with a full round (what changed while no watcher ran is not known), makes a
+full one whenever events were lost or a root was replaced, and falls back to full rounds
+every watch_fallback_s seconds when the kernel's inotify limits run out (said once, with
+the sysctl to raise). Cron's rounds stay the safety net.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+from . import daemons, inotify, journal, replica, replica_history, watch
+from .config import Config
+from .errors import ReplimeshError
+from .round import PeerResult, run_round
+
+LOG = "watch.log"
+# How often the watcher looks again for a root that was missing (an unmounted disk),
+# and, in fallback, tries its watches again (the limit may have been raised).
+HOUSEKEEPING_S = 5.0
+RETRY_WATCHES_S = 600.0
+
+
+def lock_path(cfg: Config) -> str:
+    return os.path.join(os.path.dirname(cfg.state_file), "watch.lock")
+
+
+class Watcher:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.notify = inotify.Inotify()   # Exhausted: no instance left for this user
+        self.trees = {root: watch.Tree(self.notify, root) for root in cfg.roots}
+        self.bursts = {root: watch.Burst(cfg.watch_quiet_s, cfg.watch_max_wait_s)
+                       for root in cfg.roots}
+        self.fallback = False    # the watches could not all be made: periodic rounds
+        self.stopping = False
+
+    def log(self, line: str) -> None:
+        journal.append(self.cfg, LOG, line)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.watch_all()
+        for burst in self.bursts.values():   # what changed while no watcher ran
+            burst.changes.everything = True
+            burst.noted(time.monotonic())
+        next_try = time.monotonic()
+        while not self.stopping:
+            if self.fallback:
+                self.round({root: None for root in self.cfg.roots})
+                self.pause(self.cfg.watch_fallback_s)
+                if time.monotonic() >= next_try:
+                    next_try = time.monotonic() + RETRY_WATCHES_S
+                    self.watch_all()
+                continue
+            self.wait_for_events()
+            self.look_for_missing_roots()
+            due = self.take_due()
+            if due:
+                self.round(due)
+        self.notify.close()
+        self.log("stopped")
+        return 0
+
+    def watch_all(self) -> None:
+        """(Re)make the watches of every root; fallback when the kernel's limit ran out."""
+        for tree in self.trees.values():
+            tree.stop()
+        try:
+            for tree in self.trees.values():
+                tree.start()
+        except inotify.Exhausted as error:
+            if not self.fallback:
+                self.log(self.exhausted(error))
+            self.fallback = True
+            for tree in self.trees.values():
+                tree.stop()   # a partial set of watches would miss changes silently
+            return
+        if self.fallback:
+            self.log("the inotify limit is high enough now: watching again")
+        self.fallback = False
+        folders = sum(len(tree.folders) for tree in self.trees.values())
+        self.log(f"watching {folders} folder(s) of {len(self.trees)} root(s)")
+
+    def exhausted(self, error: inotify.Exhausted) -> str:
+        folders = sum(1 for root in self.cfg.roots for _ in os.walk(root))
+        now = inotify.limit(inotify.MAX_USER_WATCHES) or 0
+        wanted = max(2 * folders + 8192, now * 2)
+        return (f"{error.setting} ran out watching {folders} folder(s): set it to "
+                f"{wanted} or more (sysctl -w {error.setting}={wanted}; the deploy sets "
+                f"replimesh_watch_max_user_watches). Until then a full round runs every "
+                f"{self.cfg.watch_fallback_s} s")
+
+    def wait_for_events(self) -> None:
+        now = time.monotonic()
+        waits = [d for d in (b.due_in(now) for b in self.bursts.values()) if d is not None]
+        timeout = min([HOUSEKEEPING_S, *waits])
+        try:
+            ready, _, _ = select.select([self.notify], [], [], timeout)
+        except InterruptedError:
+            return
+        if not ready:
+            return
+        events = self.notify.read()
+        for event in events:
+            if event.mask & inotify.Q_OVERFLOW:   # lost events: every root in full
+                for burst in self.bursts.values():
+                    burst.changes.everything = True
+                continue
+            for root, tree in self.trees.items():
+                if event.wd in tree.folders:
+                    tree.handle(event, self.bursts[root].changes)
+                    break
+        now = time.monotonic()
+        for burst in self.bursts.values():
+            burst.noted(now)
+
+    def look_for_missing_roots(self) -> None:
+        """A root that was missing (or replaced by a non-folder) and is back: watch it,
+        and sync it in full."""
+        for root, tree in self.trees.items():
+            if "" not in tree.watches and os.path.isdir(root):
+                try:
+                    tree.restart()
+                except inotify.Exhausted as error:
+                    self.log(self.exhausted(error))
+                    self.fallback = True
+                    return
+                self.bursts[root].changes.everything = True
+                self.bursts[root].noted(time.monotonic())
+
+    def take_due(self) -> dict[str, list[str] | None]:
+        """{root: the paths to sync, None for all} of the bursts due now, changes that
+        sessions made taken out."""
+        now = time.monotonic()
+        due: dict[str, list[str] | None] = {}
+        for root, burst in self.bursts.items():
+            if burst.due_in(now) != 0:
+                continue
+            changes = burst.take()
+            if changes.everything:
+                due[root] = None
+                continue
+            changed, unsure = changes.candidates()
+            if unsure:
+                changed |= self.news(root, unsure)
+            if changed:
+                due[root] = watch.scope(changed)
+        return due
+
+    def news(self, root: str, unsure: set[str]) -> set[str]:
+        """What of unsure differs from the root's index; under the replica's lock, so a
+        session under way has ended and indexed what it wrote."""
+        try:
+            with replica.held(self.cfg, root, f"watcher of {self.cfg.node}",
+                              self.cfg.lock_wait):
+                return watch.news(root, replica_history.load_index(self.cfg, root), unsure)
+        except replica.Busy:
+            return unsure   # a session still holds it: count it all as news
+
+    def round(self, scope: dict[str, list[str] | None]) -> None:
+        started = time.monotonic()
+        try:
+            results = run_round(self.cfg, scope=scope)
+        except (ReplimeshError, OSError) as error:
+            self.log(f"round not run: {error}")
+            return
+        self.log(f"round for {describe(scope)}: {summary(results)} "
+                 f"({time.monotonic() - started:.2f} s)")
+
+    def pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(1.0, deadline - time.monotonic()))
+
+    def _stop(self, *_) -> None:
+        self.stopping = True
+
+
+def describe(scope: dict[str, list[str] | None]) -> str:
+    return ", ".join(f"{root} (all)" if paths is None else f"{root} ({len(paths)} path(s))"
+                     for root, paths in scope.items())
+
+
+def summary(results: list[PeerResult]) -> str:
+    if not results:
+        return "no active peer"
+    return ", ".join(f"{r.peer} {r.result}" + (f" {r.files} file(s)" if r.files else "")
+                     + (f" ({r.message})" if r.message and r.result != "ok" else "")
+                     for r in results)
+
+
+def run(cfg: Config, detach: bool = False, replace: bool = False, stop: bool = False) -> int:
+    """The node's watcher, unless one already runs (daemons.run)."""
+    os.makedirs(os.path.dirname(lock_path(cfg)), mode=0o700, exist_ok=True)
+    return daemons.run("watcher", cfg.node, lock_path(cfg), lambda: Watcher(cfg).run(),
+                       detach=detach, replace=replace, stop=stop)
