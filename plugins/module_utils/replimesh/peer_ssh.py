@@ -14,6 +14,7 @@ still forces `replimesh serve` on every session of it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -83,7 +84,8 @@ def connect(cfg: Config, address: str) -> str:
     (or not within sharing()), else ssh's reason; the calls then connect by themselves."""
     if not _folder or address in _shared:
         return ""
-    socket = os.path.join(_folder[0], str(len(_shared)))
+    # Named after the address: rounds connect to their peers side by side (threads).
+    socket = os.path.join(_folder[0], hashlib.sha256(address.encode()).hexdigest()[:16])
     argv = [cfg.ssh, *options(cfg), "-N", "-o", "ControlMaster=yes",
             "-o", f"ControlPath={socket}", "-o", "ControlPersist=no",
             f"{cfg.user}@{address}"]

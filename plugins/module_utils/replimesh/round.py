@@ -16,6 +16,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -95,6 +96,8 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
     if allow_deletions:
         accept_deletions(cfg)
         extra = ("-confirmbigdel=false",)  # Unison's own guard would stop an emptied root
+    reach = Reach(cfg, [e for e in peer_list.rotated(peers, cfg.node)],
+                  share=exchange or len(scope) > 1)
     results: list[PeerResult] = []
     incoming: dict[str, list[int]] = {}  # root -> changes in from each peer, in order
     histories: dict[str, list[int]] = {}  # root -> history records new from each peer
@@ -107,7 +110,7 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
         came_in: dict[str, int] = {}
         heard: dict[str, int] = {}
         result = sync_peer(cfg, pending[0], exchange, incoming=came_in, heard=heard,
-                           extra=extra, scope=scope)
+                           extra=extra, scope=scope, reach=reach)
         for root in scope:
             incoming.setdefault(root, []).append(came_in.get(root, 0))
             histories.setdefault(root, []).append(heard.get(root, 0))
@@ -132,6 +135,7 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
             if progress:
                 again.message = "; ".join(m for m in ("second pass", again.message) if m)
                 progress(again)
+    reach.pool.shutdown(wait=False)
     state.record(cfg.state_file, cfg.node, now(), [r.as_dict() for r in results])
     return results
 
@@ -177,13 +181,38 @@ def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
                       "(its data is left as it is)")
 
 
+class Reach:
+    """The first reachable address of every peer of the round, looked for at once when
+    the round starts, each peer's shared SSH connection opened with it (share): a round
+    pays the handshakes, and a dead peer's connect timeout, side by side rather than
+    one peer after the other. A peer learned during the round is looked for when asked."""
+
+    def __init__(self, cfg: Config, entries: list[Entry], share: bool):
+        self.cfg, self.share = cfg, share
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(16, len(entries))))
+        self.found: dict[str, Future] = {e.name: self.pool.submit(self._look, e)
+                                         for e in entries}
+
+    def address(self, entry: Entry) -> str | None:
+        if entry.name not in self.found:
+            self.found[entry.name] = self.pool.submit(self._look, entry)
+        return self.found[entry.name].result()
+
+    def _look(self, entry: Entry) -> str | None:
+        address = first_reachable(entry.addresses, self.cfg.ssh_port, self.cfg.connect_timeout)
+        if address is not None and self.share:
+            peer_ssh.connect(self.cfg, address)   # if it fails, each call connects by itself
+        return address
+
+
 def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | None = None,
               incoming: dict[str, int] | None = None, heard: dict[str, int] | None = None,
-              extra: tuple[str, ...] = (), scope: Scope | None = None) -> PeerResult:
+              extra: tuple[str, ...] = (), scope: Scope | None = None,
+              reach: Reach | None = None) -> PeerResult:
     """Sync the scope (every root in full by default) with one peer; note in
     incoming[root] how many changes came in from it (deletions the history made here
     included), in heard[root] how many history records were new. extra: more Unison
-    arguments for every session."""
+    arguments for every session. reach: the round's search for its peers' addresses."""
     started = time.monotonic()
     scope = scope or {root: None for root in cfg.roots}
     roots = list(scope)
@@ -191,7 +220,9 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
         # A missing root (unmounted disk?) is not an empty one: never sync it.
         return PeerResult(peer.name, peer.addresses[0], FAILED, 0.0,
                           message=replica.check(cfg, roots[0]))
-    address = address or first_reachable(peer.addresses, cfg.ssh_port, cfg.connect_timeout)
+    if address is None:
+        address = (reach.address(peer) if reach else
+                   first_reachable(peer.addresses, cfg.ssh_port, cfg.connect_timeout))
     if address is None:
         return PeerResult(peer.name, peer.addresses[0], UNREACHABLE,
                           round(time.monotonic() - started, 2),
@@ -199,8 +230,6 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
                                   f"{cfg.ssh_port} within {cfg.connect_timeout} s")
     result = PeerResult(peer.name, address, OK, 0.0)
     problems = []
-    if exchange or len(roots) > 1:   # more than one connection to share
-        peer_ssh.connect(cfg, address)   # if it fails, each call connects and tells why
     if exchange:
         for root in roots:  # what was deleted here goes out with the exchange
             replica_history.observe_if_free(cfg, root)
