@@ -13,7 +13,7 @@ from fabfile.lab import control
 from fabfile.lab.nodes import Lab
 
 from .helpers import playbook, running_nodes
-from .mesh_lab import DEPLOY, FAULT, MESH, Nodes, fresh_replicas
+from .mesh_lab import DEPLOY, FAULT, MESH, NO_WATCHER, Nodes, fresh_replicas
 
 ITEST = Lab("itest")
 
@@ -39,7 +39,7 @@ def nodes(lab):
 @pytest.fixture(scope="session")
 def mesh():
     clean_lab(MESH, 4)
-    first = playbook(MESH, "site.yml")
+    first = playbook(MESH, "site.yml", *NO_WATCHER)
     yield {"first_run": first}
     control.down(MESH)
 

@@ -15,12 +15,16 @@ ROOT = "/srv/replimesh/data"
 BACKUP = ".replimesh-backup"  # under each root, never synced
 HOME = "/var/lib/replimesh"
 MESH_FILES = f"{HOME}/mesh"  # the peer list, known_hosts, round results
+# The tests that run rounds by hand and look at what each did deploy without watchers
+# (test_watch.py starts them); replimesh_watch is on by default.
+NO_WATCHER = ["-e", "replimesh_watch=false"]
 # The fault tests' lab and the chaos run: short timeouts keep them fast (a dead peer
 # costs 3 s, a vanished one 6 s, a session held open with nothing sent 15 s), and no
 # cron rounds (fresh_replicas leaves none).
 FAULT = Lab(os.environ.get("REPLIMESH_FAULT_LAB", "ifault"))
 DEPLOY = ["-e", "replimesh_connect_timeout=3", "-e", "replimesh_ssh_keepalive_interval=2",
-          "-e", "replimesh_ssh_keepalive_count=3", "-e", "replimesh_agent_idle_timeout=15"]
+          "-e", "replimesh_ssh_keepalive_count=3", "-e", "replimesh_agent_idle_timeout=15",
+          *NO_WATCHER, "-e", "replimesh_watch_fallback=5"]
 IDLE_TIMEOUT_S = 15
 
 

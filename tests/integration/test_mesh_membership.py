@@ -15,7 +15,18 @@ from plugins.module_utils.replimesh import peers as peer_lists
 from plugins.module_utils.replimesh import signature
 
 from .helpers import playbook, recap, running_nodes
-from .mesh_lab import MESH, ROOT, as_sync_user, fab_mesh, listing, on, peer_list, sync, write
+from .mesh_lab import (
+    MESH,
+    NO_WATCHER,
+    ROOT,
+    as_sync_user,
+    fab_mesh,
+    listing,
+    on,
+    peer_list,
+    sync,
+    write,
+)
 
 PEERS_JSON = "/var/lib/replimesh/mesh/peers.json"
 # What sshd gets for the sync user's keys (run as sshd runs it).
@@ -52,7 +63,7 @@ def test_a_node_added_while_another_is_down_learns_of_it_from_one_round(before):
     control.up(MESH, 5)  # node5: a new container, added to group mesh of the inventory
     no_cron(nodes()["node5"])
     control.stop(MESH, "node4")
-    deployed = recap(playbook(MESH, "site.yml", check=False).stdout)
+    deployed = recap(playbook(MESH, "site.yml", *NO_WATCHER, check=False).stdout)
     assert deployed["node4"]["unreachable"] == 1
     for name in ("node1", "node2", "node3", "node5"):
         assert deployed[name]["failed"] == deployed[name]["unreachable"] == 0, deployed
@@ -75,7 +86,7 @@ def test_a_node_added_while_another_is_down_learns_of_it_from_one_round(before):
 def test_a_node_removed_while_another_is_down_is_refused_there_after_one_round(before):
     control.stop(MESH, "node2")
     control.remove(MESH, "node3")  # = fab lab.remove node3: to group mesh_removed
-    deployed = recap(playbook(MESH, "site.yml", check=False).stdout)
+    deployed = recap(playbook(MESH, "site.yml", *NO_WATCHER, check=False).stdout)
     assert deployed["node2"]["unreachable"] == 1
     assert deployed["node3"]["failed"] == 0  # told it is out
     node = nodes()
@@ -205,7 +216,8 @@ def test_a_rotated_operator_key_signs_every_entry_again_and_the_old_one_stops_wo
     node = {n.name: n for n in running_nodes(MESH)}
     old = peer_list(node["node1"])
 
-    rotated = recap(playbook(MESH, "site.yml", "-e", f"replimesh_operator_key={new_key}").stdout)
+    rotated = recap(playbook(MESH, "site.yml", *NO_WATCHER, "-e",
+                                  f"replimesh_operator_key={new_key}").stdout)
     assert {t["failed"] + t["unreachable"] for t in rotated.values()} == {0}
     signers = on(node["node1"], "cat /etc/replimesh/operator_signers").stdout
     assert new_key.with_suffix(".pub").read_text().split()[1] in signers

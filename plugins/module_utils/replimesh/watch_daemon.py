@@ -34,11 +34,12 @@ def lock_path(cfg: Config) -> str:
 class Watcher:
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.notify = inotify.Inotify()   # Exhausted: no instance left for this user
-        self.trees = {root: watch.Tree(self.notify, root) for root in cfg.roots}
+        self.notify: inotify.Inotify | None = None   # made by watch_all()
+        self.trees: dict[str, watch.Tree] = {}
         self.bursts = {root: watch.Burst(cfg.watch_quiet_s, cfg.watch_max_wait_s)
                        for root in cfg.roots}
         self.fallback = False    # the watches could not all be made: periodic rounds
+        self.retry_at = 0.0      # when to try the watches again, in fallback
         self.stopping = False
 
     def log(self, line: str) -> None:
@@ -51,13 +52,11 @@ class Watcher:
         for burst in self.bursts.values():   # what changed while no watcher ran
             burst.changes.everything = True
             burst.noted(time.monotonic())
-        next_try = time.monotonic()
         while not self.stopping:
             if self.fallback:
                 self.round({root: None for root in self.cfg.roots})
                 self.pause(self.cfg.watch_fallback_s)
-                if time.monotonic() >= next_try:
-                    next_try = time.monotonic() + RETRY_WATCHES_S
+                if time.monotonic() >= self.retry_at:
                     self.watch_all()
                 continue
             self.wait_for_events()
@@ -65,38 +64,49 @@ class Watcher:
             due = self.take_due()
             if due:
                 self.round(due)
-        self.notify.close()
+        if self.notify is not None:
+            self.notify.close()
         self.log("stopped")
         return 0
 
     def watch_all(self) -> None:
         """(Re)make the watches of every root; fallback when the kernel's limit ran out."""
-        for tree in self.trees.values():
-            tree.stop()
         try:
+            if self.notify is None:
+                self.notify = inotify.Inotify()
+                self.trees = {root: watch.Tree(self.notify, root) for root in self.cfg.roots}
+            for tree in self.trees.values():
+                tree.stop()
             for tree in self.trees.values():
                 tree.start()
         except inotify.Exhausted as error:
-            if not self.fallback:
-                self.log(self.exhausted(error))
-            self.fallback = True
-            for tree in self.trees.values():
-                tree.stop()   # a partial set of watches would miss changes silently
+            self.fall_back(error)
             return
         if self.fallback:
             self.log("the inotify limit is high enough now: watching again")
+            for burst in self.bursts.values():   # changed since the last full round
+                burst.changes.everything = True
+                burst.noted(time.monotonic())
         self.fallback = False
         folders = sum(len(tree.folders) for tree in self.trees.values())
         self.log(f"watching {folders} folder(s) of {len(self.trees)} root(s)")
 
-    def exhausted(self, error: inotify.Exhausted) -> str:
+    def fall_back(self, error: inotify.Exhausted) -> None:
+        """The kernel's limit ran out: drop every watch (a partial set would miss changes
+        silently) and run full rounds on a timer; say so once, with what to raise."""
+        for tree in self.trees.values():
+            tree.stop()
+        self.retry_at = time.monotonic() + RETRY_WATCHES_S
+        if self.fallback:
+            return
+        self.fallback = True
         folders = sum(1 for root in self.cfg.roots for _ in os.walk(root))
         now = inotify.limit(inotify.MAX_USER_WATCHES) or 0
         wanted = max(2 * folders + 8192, now * 2)
-        return (f"{error.setting} ran out watching {folders} folder(s): set it to "
-                f"{wanted} or more (sysctl -w {error.setting}={wanted}; the deploy sets "
-                f"replimesh_watch_max_user_watches). Until then a full round runs every "
-                f"{self.cfg.watch_fallback_s} s")
+        self.log(f"{error.setting} ran out watching {folders} folder(s): set it to "
+                 f"{wanted} or more (sysctl -w {error.setting}={wanted}; the deploy sets "
+                 f"replimesh_watch_max_user_watches). Until then a full round runs every "
+                 f"{self.cfg.watch_fallback_s} s")
 
     def wait_for_events(self) -> None:
         now = time.monotonic()
@@ -108,7 +118,15 @@ class Watcher:
             return
         if not ready:
             return
-        events = self.notify.read()
+        try:
+            self.handle(self.notify.read())
+        except inotify.Exhausted as error:   # a new folder's watch: the limit ran out
+            self.fall_back(error)
+        now = time.monotonic()
+        for burst in self.bursts.values():
+            burst.noted(now)
+
+    def handle(self, events: list[inotify.Event]) -> None:
         for event in events:
             if event.mask & inotify.Q_OVERFLOW:   # lost events: every root in full
                 for burst in self.bursts.values():
@@ -118,9 +136,6 @@ class Watcher:
                 if event.wd in tree.folders:
                     tree.handle(event, self.bursts[root].changes)
                     break
-        now = time.monotonic()
-        for burst in self.bursts.values():
-            burst.noted(now)
 
     def look_for_missing_roots(self) -> None:
         """A root that was missing (or replaced by a non-folder) and is back: watch it,
@@ -130,8 +145,7 @@ class Watcher:
                 try:
                     tree.restart()
                 except inotify.Exhausted as error:
-                    self.log(self.exhausted(error))
-                    self.fallback = True
+                    self.fall_back(error)
                     return
                 self.bursts[root].changes.everything = True
                 self.bursts[root].noted(time.monotonic())
