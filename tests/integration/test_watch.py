@@ -86,6 +86,7 @@ def md5(node, path):
 
 def test_a_change_reaches_every_node_with_no_round_started_by_hand(nodes):
     before = rounds(nodes["node2"])
+    write(nodes["node1"], "stays.txt", "so that one deletion is not an emptied root")
     write(nodes["node1"], "watched.txt", "first")
     wait_until(lambda: everywhere(nodes, "watched.txt", "first"), SPREAD_S,
                "watched.txt, written on node1, on every node")

@@ -130,6 +130,8 @@ def _peer_line(result: dict) -> str:
         line += f" {result['deleted']} deleted"
     if result.get("conflicts"):
         line += f" {result['conflicts']} conflicts"
+    if result.get("unchanged"):
+        line += f" {len(result['unchanged'])} root(s) unchanged"
     if result.get("learned"):
         line += f" learned {','.join(result['learned'])}"
     return line + (f"  {result['message']}" if result.get("message") else "")

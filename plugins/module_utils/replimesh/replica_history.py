@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import history, replica, state, tree
+from . import history, markers, replica, state, tree
 from .config import Config
 from .errors import ConfigError
 from .history import DELETED, REPLACED, Fate, History
@@ -35,6 +35,9 @@ class Observed:
     refusal: str = ""                     # why the replica must not be synced ("" if it may)
     seen_go: int = 0                      # versions recorded as gone by this walk
     applied: list[str] = field(default_factory=list)   # paths deleted by the history
+    # The last walk taken as it is, by the root's change marker (markers.py): its index
+    # is read from replica_dir only if needed.
+    unchanged: bool = False
 
 
 def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
@@ -45,8 +48,13 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     and says why in refusal. fresh_s: a walk that passed the guard less than that many
     seconds ago is taken as it is (a session right after the exchange's walk).
     after_session: the last walk is taken as it is if no folder changed since (a session
-    that brought nothing), checked with a stat per folder."""
+    that brought nothing), checked with a stat per folder. Whenever the root's change
+    marker is the one read before the last walk that passed the guard, nothing changed
+    since: no walk, and the index is not even read."""
     os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
+    marker = markers.read(cfg, root)   # before the walk: see markers.py
+    if marker is not None and os.path.isdir(root) and _walked_at(cfg, root) == marker:
+        return Observed(tree.Walk({}, replica.recorded_files(cfg, root) or 0), unchanged=True)
     saved = _read(_path(cfg, root, "index.json"))
     previous = saved.get("index", {}) if isinstance(saved.get("index"), dict) else {}
     reuse = fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s)
@@ -71,8 +79,10 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
         add(cfg, root, seen)
     if walk.changed or walk.root_mtime != saved.get("root_mtime"):
         _save_index(cfg, root, walk)
-    with open(_path(cfg, root, "walked"), "w", encoding="utf-8"):
-        pass  # its time: when a walk of the replica last passed the guard
+    # Its time: when a walk of the replica last passed the guard; in it, the marker read
+    # before that walk (empty: none).
+    with open(_path(cfg, root, "walked"), "w", encoding="ascii") as out:
+        out.write(marker or "")
     if walk.files != replica.recorded_files(cfg, root):
         replica.record(cfg, root, walk.files)
     for relative in walk.temporary:  # no session runs (we hold the lock): a killed one's
@@ -85,10 +95,24 @@ def apply(cfg: Config, root: str, observed: Observed) -> list[str]:
     history says were deleted; folders only once empty, and only those that held nothing
     newer than the deletion. The caller holds the replica's lock; the index and the
     guard's count follow."""
+    stamp = str(_stamp(cfg, root))
+    if observed.unchanged and _read_text(_path(cfg, root, "applied")) == stamp:
+        return []   # neither the replica nor its history changed since the last time
+    deletions = history.deletions(load(cfg, root))
+    if observed.unchanged and deletions:
+        observed.walk.index, observed.unchanged = load_index(cfg, root), False
+    removed = _delete(cfg, root, observed, deletions)
+    with open(_path(cfg, root, "applied"), "w", encoding="ascii") as out:
+        out.write(stamp)
+    return removed
+
+
+def _delete(cfg: Config, root: str, observed: Observed,
+            deletions: list[tuple[history.Version, Fate]]) -> list[str]:
     index = observed.walk.index
     removed: list[str] = []
     emptied: set[str] = set()
-    for version, fate in history.deletions(load(cfg, root)):
+    for version, fate in deletions:
         entry = index.get(version.path)
         if entry is None or tree.version(version.path, entry) != version:
             continue
@@ -209,6 +233,19 @@ def load_index(cfg: Config, root: str) -> tree.Index:
 def _save_index(cfg: Config, root: str, walk: tree.Walk) -> None:
     state.write_json(_path(cfg, root, "index.json"),
                      {"root": root, "index": walk.index, "root_mtime": walk.root_mtime})
+
+
+def _walked_at(cfg: Config, root: str) -> str | None:
+    """The change marker read before the last walk that passed the guard, if any."""
+    return _read_text(_path(cfg, root, "walked")) or None
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read(200)
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _passed_within(cfg: Config, root: str, seconds: float) -> bool:

@@ -21,7 +21,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import conflicts, membership, peer_ssh, replica, replica_history, state, swarm_mesh, unison
+from . import (
+    conflicts,
+    markers,
+    membership,
+    peer_ssh,
+    replica,
+    replica_history,
+    state,
+    swarm_mesh,
+    unison,
+)
 from . import peers as peer_list
 from .config import Config
 from .errors import ConfigError, ReplimeshError
@@ -44,6 +54,9 @@ class PeerResult:
     sessions: int = 0    # Unison sessions run with this peer
     settled: list[str] = field(default_factory=list)  # how each conflict was settled
     deleted: int = 0     # paths deleted here because another node deleted them (history)
+    # Roots with no session: neither replica changed since the pair's last session that
+    # found them equal (their change markers say so, markers.py).
+    unchanged: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -230,6 +243,8 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
                                   f"{cfg.ssh_port} within {cfg.connect_timeout} s")
     result = PeerResult(peer.name, address, OK, 0.0)
     problems = []
+    new_records: dict[str, int] = {}
+    theirs: dict[str, str | None] = {}   # the peer's change markers, from the exchange
     if exchange:
         for root in roots:  # what was deleted here goes out with the exchange
             replica_history.observe_if_free(cfg, root)
@@ -237,6 +252,7 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
             taken = membership.exchange(cfg, address, replica_history.attach(cfg))
             new_records, history_problems = replica_history.take(cfg, taken.answer, peer.name)
             problems += history_problems
+            theirs = {root: markers.sent(taken.answer, root) for root in roots}
             if heard is not None:
                 heard.update(new_records)
             result.learned = taken.changed
@@ -252,12 +268,25 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
         except ConfigError as error:
             problems.append(str(error))
         try:
-            swarm_mesh.share(cfg, address)
+            if any(scope[root] is None for root in roots):   # not in the watcher's rounds:
+                swarm_mesh.share(cfg, address)   # publishing sends offers to every peer
         except ConfigError as error:
             problems.append(f"swarm offers not passed on: {error}")
     for root in roots:
+        full = scope[root] is None
+        mine = markers.read(cfg, root) if full else None   # before the session
+        if full and not new_records.get(root) and \
+                markers.equal_since(cfg, root, peer.name, mine, theirs.get(root)):
+            result.unchanged.append(root)
+            if incoming is not None:
+                incoming[root] = 0
+            continue
         outcome = sync_root(cfg, peer.name, address, root, (*extra, *paths(scope[root])))
         session = outcome.failure or outcome.session
+        if full:
+            equal = (outcome.failure is None and outcome.session.exit_code == unison.EXIT_OK
+                     and not outcome.session.conflicts)
+            markers.remember(cfg, root, peer.name, mine if equal else None, theirs.get(root))
         if incoming is not None:
             incoming[root] = outcome.incoming + outcome.deleted
         result.sessions += outcome.sessions

@@ -20,6 +20,7 @@ from . import (
     children,
     confine,
     journal,
+    markers,
     membership,
     peer_input,
     replica,
@@ -204,12 +205,14 @@ def _within(folder: str, path: str) -> bool:
 
 def _exchange(cfg: Config, peer: str) -> int:
     def histories(sent: dict) -> dict:
+        # Read before anything here looks at the replicas: see markers.py.
+        changes = {root: markers.read(cfg, root) for root in cfg.roots}
         for root in cfg.roots:  # what was deleted here goes out in the answer
             replica_history.observe_if_free(cfg, root)
         _, problems = replica_history.take(cfg, sent, peer)
         for problem in problems:
             journal.append(cfg, LOG, f"exchange with {peer}: {problem}")
-        return replica_history.attach(cfg)
+        return {**replica_history.attach(cfg), markers.KEY: changes}
     try:
         what = f"peer list from {peer}"
         sent = peer_input.decode(peer_input.read(sys.stdin.fileno(),

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 
-from . import daemons, inotify, journal, replica, replica_history, watch
+from . import daemons, inotify, journal, markers, replica, replica_history, watch
 from .config import Config
 from .errors import ReplimeshError
 from .round import PeerResult, run_round
@@ -41,13 +42,14 @@ class Watcher:
         self.fallback = False    # the watches could not all be made: periodic rounds
         self.retry_at = 0.0      # when to try the watches again, in fallback
         self.stopping = False
+        self.wake, self.waker = os.pipe()   # stop() wakes the wait for events
+        self.markers: markers.Keeper | None = None   # while every root is watched
+        threading.Thread(target=self._heartbeat, daemon=True).start()
 
     def log(self, line: str) -> None:
         journal.append(self.cfg, LOG, line)
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
         self.watch_all()
         for burst in self.bursts.values():   # what changed while no watcher ran
             burst.changes.everything = True
@@ -64,6 +66,7 @@ class Watcher:
             due = self.take_due()
             if due:
                 self.round(due)
+        self.forget_markers()
         if self.notify is not None:
             self.notify.close()
         self.log("stopped")
@@ -82,6 +85,8 @@ class Watcher:
         except inotify.Exhausted as error:
             self.fall_back(error)
             return
+        self.markers = markers.Keeper(self.cfg)   # a new epoch: nothing missed is counted
+        self.markers.start()
         if self.fallback:
             self.log("the inotify limit is high enough now: watching again")
             for burst in self.bursts.values():   # changed since the last full round
@@ -94,6 +99,7 @@ class Watcher:
     def fall_back(self, error: inotify.Exhausted) -> None:
         """The kernel's limit ran out: drop every watch (a partial set would miss changes
         silently) and run full rounds on a timer; say so once, with what to raise."""
+        self.forget_markers()
         for tree in self.trees.values():
             tree.stop()
         self.retry_at = time.monotonic() + RETRY_WATCHES_S
@@ -113,10 +119,10 @@ class Watcher:
         waits = [d for d in (b.due_in(now) for b in self.bursts.values()) if d is not None]
         timeout = min([HOUSEKEEPING_S, *waits])
         try:
-            ready, _, _ = select.select([self.notify], [], [], timeout)
+            ready, _, _ = select.select([self.notify, self.wake], [], [], timeout)
         except InterruptedError:
             return
-        if not ready:
+        if self.notify not in ready:
             return
         try:
             self.handle(self.notify.read())
@@ -127,15 +133,37 @@ class Watcher:
             burst.noted(now)
 
     def handle(self, events: list[inotify.Event]) -> None:
+        touched: set[str] = set()
         for event in events:
             if event.mask & inotify.Q_OVERFLOW:   # lost events: every root in full
                 for burst in self.bursts.values():
                     burst.changes.everything = True
+                touched.update(self.bursts)
                 continue
             for root, tree in self.trees.items():
                 if event.wd in tree.folders:
                     tree.handle(event, self.bursts[root].changes)
+                    touched.add(root)
                     break
+        for root in touched:   # whoever changed it: sessions too
+            self.count(root)
+
+    def count(self, root: str) -> None:
+        if self.markers is not None:
+            self.markers.changed(root)
+
+    def forget_markers(self) -> None:
+        if self.markers is not None:
+            self.markers.stop()
+            self.markers = None
+
+    def _heartbeat(self) -> None:
+        """Touch the markers while this process lives, rounds or not."""
+        while not self.stopping:
+            keeper = self.markers
+            if keeper is not None:
+                keeper.heartbeat()
+            time.sleep(markers.HEARTBEAT_S / 2)
 
     def look_for_missing_roots(self) -> None:
         """A root that was missing (or replaced by a non-folder) and is back: watch it,
@@ -149,6 +177,7 @@ class Watcher:
                     return
                 self.bursts[root].changes.everything = True
                 self.bursts[root].noted(time.monotonic())
+                self.count(root)
 
     def take_due(self) -> dict[str, list[str] | None]:
         """{root: the paths to sync, None for all} of the bursts due now, changes that
@@ -190,12 +219,11 @@ class Watcher:
                  f"({time.monotonic() - started:.2f} s)")
 
     def pause(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(min(1.0, deadline - time.monotonic()))
+        select.select([self.wake], [], [], seconds)
 
-    def _stop(self, *_) -> None:
+    def stop(self, *_) -> None:
         self.stopping = True
+        os.write(self.waker, b"x")
 
 
 def describe(scope: dict[str, list[str] | None]) -> str:
@@ -214,5 +242,12 @@ def summary(results: list[PeerResult]) -> str:
 def run(cfg: Config, detach: bool = False, replace: bool = False, stop: bool = False) -> int:
     """The node's watcher, unless one already runs (daemons.run)."""
     os.makedirs(os.path.dirname(lock_path(cfg)), mode=0o700, exist_ok=True)
-    return daemons.run("watcher", cfg.node, lock_path(cfg), lambda: Watcher(cfg).run(),
+    return daemons.run("watcher", cfg.node, lock_path(cfg), lambda: _main(cfg),
                        detach=detach, replace=replace, stop=stop)
+
+
+def _main(cfg: Config) -> int:
+    watcher = Watcher(cfg)
+    signal.signal(signal.SIGTERM, watcher.stop)
+    signal.signal(signal.SIGINT, watcher.stop)
+    return watcher.run()

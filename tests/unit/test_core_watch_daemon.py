@@ -1,0 +1,109 @@
+"""The watcher's loop on this kernel's inotify, its rounds stood in for by a recorder: the
+first round is a full one, a change makes a round for its path only, what a session
+wrote makes none, a root that comes back is synced in full, and when the kernel's limit
+runs out the watcher says so once and falls back to full rounds on a timer. (The lab
+tests run it with real rounds: tests/integration/test_watch.py.)"""
+
+import os
+import threading
+import time
+
+import pytest
+
+from plugins.module_utils.replimesh import inotify, watch_daemon
+
+from .support import write_node
+
+DEADLINE_S = 10.0
+
+
+@pytest.fixture
+def watching(tmp_path, monkeypatch):
+    """Start a watcher with settings; (its config, the scopes of its rounds so far)."""
+    started = []
+
+    def start(**settings):
+        cfg, _ = write_node(tmp_path, [], watch_quiet_s=0.2, watch_max_wait_s=1.0,
+                            **settings)
+        scopes = []
+        monkeypatch.setattr(watch_daemon, "run_round",
+                            lambda _cfg, scope: scopes.append(scope) or [])
+        watcher = watch_daemon.Watcher(cfg)
+        thread = threading.Thread(target=watcher.run, daemon=True)
+        thread.start()
+        started.append((watcher, thread))
+        return cfg, scopes
+    yield start
+    for watcher, thread in started:
+        watcher.stop()
+        thread.join(timeout=10)
+
+
+def wait_for(condition, what):
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {DEADLINE_S} s"
+        time.sleep(0.05)
+
+
+def log(cfg):
+    path = os.path.join(cfg.log_dir, watch_daemon.LOG)
+    return open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+
+
+def test_a_full_round_first_then_one_for_each_change_made_here(watching):
+    cfg, scopes = watching()
+    root = cfg.roots[0]
+    wait_for(lambda: scopes == [{root: None}], "first full round")
+    os.makedirs(os.path.join(root, "sub"))
+    with open(os.path.join(root, "sub", "new.txt"), "w", encoding="utf-8") as out:
+        out.write("x")
+    wait_for(lambda: len(scopes) == 2, "round for the change")
+    assert scopes[1] == {root: ["sub"]}
+
+
+def test_what_a_session_wrote_starts_no_round(watching):
+    cfg, scopes = watching()
+    root = cfg.roots[0]
+    wait_for(lambda: len(scopes) == 1, "first full round")
+    temporary = os.path.join(root, ".unison.in.txt.1.unison.tmp")
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write("brought by a peer")
+    os.rename(temporary, os.path.join(root, "in.txt"))
+    with open(os.path.join(root, "mine.txt"), "w", encoding="utf-8") as out:
+        out.write("made here after it")
+    wait_for(lambda: len(scopes) == 2, "round for the change made here")
+    assert scopes[1] == {root: ["mine.txt"]}
+
+
+def test_a_root_that_comes_back_is_synced_in_full(watching, tmp_path):
+    root = tmp_path / "data"
+    _, scopes = watching()
+    wait_for(lambda: len(scopes) == 1, "first full round")
+    os.rename(root, tmp_path / "unmounted")
+    wait_for(lambda: len(scopes) == 2, "a full round when the root went")
+    (tmp_path / "unmounted").rename(root)
+    wait_for(lambda: len(scopes) == 3, "a full round when it came back")
+    assert scopes[1:] == [{str(root): None}] * 2
+    (root / "after.txt").write_text("x")
+    wait_for(lambda: scopes[-1] == {str(root): ["after.txt"]}, "the root watched again")
+
+
+def test_when_the_limit_runs_out_it_says_so_once_and_rounds_go_on(watching, monkeypatch):
+    real_add, added = inotify.Inotify.add, []
+
+    def add(self, path, *args):
+        if added:
+            raise inotify.Exhausted("fs.inotify.max_user_watches")
+        added.append(path)
+        return real_add(self, path, *args)
+    monkeypatch.setattr(inotify.Inotify, "add", add)
+    cfg, scopes = watching(watch_fallback_s=1)
+    os.makedirs(os.path.join(cfg.roots[0], "a"))   # a second folder: one watch too many
+    wait_for(lambda: len(scopes) >= 3, "full rounds on a timer")
+    assert all(scope == {cfg.roots[0]: None} for scope in scopes)
+    said = [line for line in log(cfg).splitlines() if "ran out" in line]
+    assert len(said) == 1
+    assert "fs.inotify.max_user_watches ran out watching 2 folder(s)" in said[0]
+    assert "sysctl -w fs.inotify.max_user_watches=" in said[0]
+    assert "a full round runs every 1 s" in said[0]
