@@ -102,6 +102,24 @@ def test_a_change_reaches_every_node_with_no_round_started_by_hand(nodes):
     assert re.search(r"round for /srv/replimesh/data \(1 path\(s\)\): node2 ok 1 file", log)
 
 
+def test_a_full_round_with_nothing_changed_runs_no_session_and_says_so(nodes):
+    write(nodes["node2"], "settled.txt", "before the rounds")
+    wait_until(lambda: everywhere(nodes, "settled.txt", "before the rounds"), SPREAD_S,
+               "settled.txt on every node")
+    LAB.sync(nodes["node1"])   # finds each pair equal: their markers are kept
+    code, peers = LAB.sync(nodes["node1"])
+    assert code == 0
+    assert {name: (p["sessions"], p["unchanged"]) for name, p in peers.items()} == \
+        {name: (0, [ROOT]) for name in ("node2", "node3", "node4")}
+    # A node whose watcher is not running has no marker: its pair is synced again.
+    watcher(nodes["node3"], "--stop")
+    on(nodes["node3"], f"echo unwatched > {ROOT}/unwatched.txt && "
+                       f"chown replimesh: {ROOT}/unwatched.txt")
+    code, peers = LAB.sync(nodes["node1"])
+    assert code == 0 and peers["node3"]["sessions"] == 1 and peers["node2"]["sessions"] == 0
+    assert on(nodes["node1"], f"cat {ROOT}/unwatched.txt").stdout == "unwatched\n"
+
+
 def test_two_watchers_reacting_to_the_same_change_at_once_agree(nodes):
     writers = [threading.Thread(target=write, args=(nodes[name], "both.txt", f"from {name}"))
                for name in ("node1", "node2")]
