@@ -189,9 +189,11 @@ def split_dump(files: dict[str, str]) -> tuple[dict[str, str], set[str], list[st
 
 # ---- the workload on a lab --------------------------------------------------------------
 
-def replay_command(seed: int, steps: int, lab_name: str = DEFAULT_LAB) -> str:
+def replay_command(seed: int, steps: int, lab_name: str = DEFAULT_LAB,
+                   watch: bool = False) -> str:
     lab = f" --lab {lab_name}" if lab_name != DEFAULT_LAB else ""
-    return f"python -m tests.integration.chaos --seed {seed} --steps {steps}{lab}"
+    return (f"python -m tests.integration.chaos --seed {seed} --steps {steps}{lab}"
+            + (" --watch" if watch else ""))
 
 
 def reset(lab: Lab) -> None:
@@ -220,8 +222,12 @@ class Workload:
     """One seeded run on a deployed lab: steps picked by random.Random(seed), each logged
     with its number so that a finding can be traced to what made it."""
 
-    def __init__(self, lab: Lab, seed: int, steps: int, log=None, replay: str = ""):
+    def __init__(self, lab: Lab, seed: int, steps: int, log=None, replay: str = "",
+                 watch: bool = False):
         self.lab, self.seed, self.steps = lab, seed, steps
+        # Watchers on every node during the steps (stopped before the final rounds, so
+        # that the checks see no round of theirs under way).
+        self.watch = watch
         self.log = log or functools.partial(print, flush=True)  # a live log, even piped
         self.nodes = Nodes(lab)
         self.random = random.Random(seed)
@@ -233,7 +239,7 @@ class Workload:
         self.findings: list[str] = []
         self.by_name: dict = {}  # name -> Node, read from the lab once
         self.known_paths: list[str] = []  # every path the workload wrote, for reuse
-        self.replay = replay or replay_command(seed, steps, lab.name)
+        self.replay = replay or replay_command(seed, steps, lab.name, watch)
         self.trees: dict[str, dict[str, str]] = {}   # at the end: node -> live tree
         self.anywhere: dict[str, set[str]] = {}      # at the end: node -> contents held
 
@@ -461,6 +467,8 @@ class Workload:
         self.log(f"chaos: seed {self.seed}, {self.steps} steps on lab {self.lab.name}; "
                  f"replay: {self.replay}")
         reset(self.lab)
+        if self.watch:
+            self.watchers("--detach")
         kinds, weights = list(KINDS), list(KINDS.values())
         for step in range(1, self.steps + 1):
             self.step = step
@@ -474,12 +482,18 @@ class Workload:
         for name in sorted(self.down):
             control.start(self.lab, name, log=lambda _: None)
         self.down.clear()
+        if self.watch:
+            self.watchers("--stop")
         final = [(name, *self.do_round(name)) for name in NODE_NAMES * 2]
         findings = self.check(final)
         self.log(f"chaos: seed {self.seed}, {self.steps} steps: {len(findings)} findings in "
                  f"{time.monotonic() - began:.0f} s")
         return Outcome(self.seed, self.steps, findings, time.monotonic() - began,
                        self.history, self.trees, self.anywhere)
+
+    def watchers(self, verb: str) -> None:
+        for name in self.up():
+            self.nodes.as_sync_user(self.node(name), f"replimesh watch {verb}")
 
     def check(self, final_rounds=()) -> list[str]:
         """Every invariant on what the nodes hold now, each finding tagged with the seed
@@ -540,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default: {DEFAULT_LAB})")
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    parser.add_argument("--watch", action="store_true",
+                        help="with watchers running on every node during the steps")
     parser.add_argument("--no-deploy", action="store_true",
                         help="reuse a lab left up by --keep, without running site.yml")
     args = parser.parse_args(argv)
@@ -549,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_deploy:
             deploy(lab)
         for seed in args.seed:
-            outcome = Workload(lab, seed, args.steps).run()
+            outcome = Workload(lab, seed, args.steps, watch=args.watch).run()
             print(f"seed {seed}: {'ok' if outcome.ok else 'FAILED'} "
                   f"({len(outcome.findings)} findings, {outcome.seconds:.0f} s)")
             for text in outcome.findings:

@@ -16,6 +16,7 @@ import pytest
 
 from fabfile.lab import faults
 
+from .chaos import Workload, replay_command
 from .helpers import role, running_nodes, wait_until
 from .mesh_lab import FAULT, MESH_FILES, ROOT, Nodes, fresh_replicas
 
@@ -24,6 +25,9 @@ on, write, contents = LAB.on, LAB.write, LAB.contents
 WATCH_LOG = "/var/log/replimesh/watch.log"
 SPREAD_S = 30        # a change to every node of the lab (goal: seconds)
 MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"   # the host's kernel: all nodes'
+# The chaos run of test_chaos.py, watchers running (`make chaos` for more seeds).
+CHAOS_SEED = int(os.environ.get("REPLIMESH_CHAOS_SEED", "7"))
+CHAOS_STEPS = int(os.environ.get("REPLIMESH_CHAOS_STEPS", "25"))
 
 
 def watcher(node, verb):
@@ -103,9 +107,10 @@ def test_a_change_reaches_every_node_with_no_round_started_by_hand(nodes):
 
 
 def test_a_full_round_with_nothing_changed_runs_no_session_and_says_so(nodes):
+    before = rounds(nodes["node2"])
     write(nodes["node2"], "settled.txt", "before the rounds")
-    wait_until(lambda: everywhere(nodes, "settled.txt", "before the rounds"), SPREAD_S,
-               "settled.txt on every node")
+    wait_until(lambda: rounds(nodes["node2"]) != before, SPREAD_S, "node2's round done")
+    assert everywhere(nodes, "settled.txt", "before the rounds")
     LAB.sync(nodes["node1"])   # finds each pair equal: their markers are kept
     code, peers = LAB.sync(nodes["node1"])
     assert code == 0
@@ -236,3 +241,11 @@ def test_when_the_inotify_limit_runs_out_the_watcher_says_so_and_rounds_go_on(no
     finally:
         with open(MAX_WATCHES, "w", encoding="ascii") as handle:
             handle.write(limit)
+
+
+def test_a_seeded_random_workload_with_watchers_loses_no_write_and_undoes_no_deletion(
+        fault_lab):
+    workload = Workload(fault_lab, CHAOS_SEED, CHAOS_STEPS, watch=True,
+                        replay=replay_command(CHAOS_SEED, CHAOS_STEPS, watch=True))
+    outcome = workload.run()
+    assert outcome.ok, "\n".join(outcome.findings)
