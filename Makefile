@@ -5,7 +5,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv lint unit integration molecule test demo bench bench-convergence bench-swarm \
-	chaos lab-down clean
+	bench-latency bench-rounds chaos lab-down clean
 
 venv: $(VENV)/.installed
 
@@ -33,8 +33,9 @@ demo: venv
 	scripts/demo
 
 # Not part of test (bench/README.md): bench-convergence, labs of 3, 5 and 8 nodes, about
-# 15 minutes; bench-swarm, labs of 2, 4 and 8 nodes sending a 128 MiB file, about 30.
-bench: bench-convergence bench-swarm
+# 15 minutes; bench-swarm, labs of 2, 4 and 8 nodes sending a 128 MiB file, about 30;
+# bench-latency and bench-rounds (watch mode), labs of 3 and 5 nodes with large trees.
+bench: bench-convergence bench-swarm bench-latency bench-rounds
 
 bench-convergence: venv
 	pip install --quiet -r bench/requirements.txt
@@ -43,6 +44,14 @@ bench-convergence: venv
 bench-swarm: venv
 	pip install --quiet -r bench/requirements.txt
 	python bench/swarm.py --sizes 2,4,8 --mb 128 --rate 100mbit --runs 3
+
+bench-latency: venv
+	pip install --quiet -r bench/requirements.txt
+	python bench/latency.py --sizes 3,5 --files 100000 --changes 20
+
+bench-rounds: venv
+	pip install --quiet -r bench/requirements.txt
+	python bench/rounds.py --sizes 3,5 --files 1000,10000,100000,300000 --runs 5
 
 # Not part of test: the seeded chaos run (tests/integration/chaos.py), one seed after the
 # other on one lab named chaos, brought up and down; about 2-3 minutes per seed of 60 steps.

@@ -200,3 +200,23 @@ def test_news_keeps_what_differs_from_the_last_walk(root):
         {"a/b/old.txt", "a/new.txt"}
     (root / "a" / "b" / "old.txt").unlink()
     assert watch.news(str(root), index, {"a/b/old.txt"}) == {"a/b/old.txt"}
+
+
+def test_only_what_changes_the_replica_counts_for_its_marker(notify, root):
+    tree = Tree(notify, str(root))
+    tree.start()
+
+    def counted(change):
+        change()
+        seen, end = [], time.monotonic() + 2.0
+        while time.monotonic() < end:
+            ready, _, _ = select.select([notify], [], [], 0.2)
+            if not ready:
+                break
+            seen += [tree.handle(event, Changes()) for event in notify.read()]
+        return any(seen)
+    temporary = root / "a" / ".unison.n.1.unison.tmp"
+    assert not counted(lambda: (root / ".replimesh-backup" / "x" / "old").write_text("x"))
+    assert not counted(lambda: temporary.write_text("being written"))
+    assert counted(lambda: os.rename(temporary, root / "a" / "n"))
+    assert counted(lambda: os.chmod(root / "a" / "n", 0o600))

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from plugins.module_utils.replimesh import inotify, watch_daemon
+from plugins.module_utils.replimesh.round import FAILED, PeerResult
 
 from .support import write_node
 
@@ -107,3 +108,19 @@ def test_when_the_limit_runs_out_it_says_so_once_and_rounds_go_on(watching, monk
     assert "fs.inotify.max_user_watches ran out watching 2 folder(s)" in said[0]
     assert "sysctl -w fs.inotify.max_user_watches=" in said[0]
     assert "a full round runs every 1 s" in said[0]
+
+
+def test_a_round_that_failed_with_a_peer_runs_again(watching, monkeypatch):
+    cfg, scopes = watching()
+    root = cfg.roots[0]
+    wait_for(lambda: len(scopes) == 1, "first full round")
+    failed = [PeerResult("node2", "a", FAILED, 0.1, message="busy")]
+    monkeypatch.setattr(watch_daemon, "run_round",
+                        lambda _cfg, scope: scopes.append(scope) or
+                        (failed if len(scopes) == 2 else []))
+    with open(os.path.join(root, "f.txt"), "w", encoding="utf-8") as out:
+        out.write("x")
+    wait_for(lambda: len(scopes) == 3, "the failed round run again")
+    assert scopes[1] == scopes[2] == {root: ["f.txt"]}
+    time.sleep(watch_daemon.RETRY_FIRST_S * 2)   # and not again once it went through
+    assert len(scopes) == 3

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import time
 
 from . import replica, state
@@ -62,7 +61,7 @@ class Keeper:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.epoch = secrets.token_hex(8)
+        self.epoch = os.urandom(8).hex()
         self.counts = dict.fromkeys(cfg.roots, 0)
         self.touched = 0.0
 

@@ -384,8 +384,13 @@ def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
 
 
 def paths(relative: list[str] | None) -> tuple[str, ...]:
-    """Unison's arguments that limit a session to these paths of the root (all: none)."""
-    return tuple(f"-path={path}" for path in relative or ())
+    """Unison's arguments that limit a session to these paths of the root (all: none).
+    Unison's own guard would stop a session whose paths were all deleted on one side,
+    which is what a round for a deletion is; the deletion guard of the whole root
+    (replica.check) still stands."""
+    if not relative:
+        return ()
+    return ("-confirmbigdel=false", *(f"-path={path}" for path in relative))
 
 
 def first_reachable(addresses: tuple[str, ...], port: int, timeout: float) -> str | None:

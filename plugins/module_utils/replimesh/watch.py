@@ -89,22 +89,25 @@ class Tree:
         self._add_below("")
         return len(self.folders)
 
-    def handle(self, event: inotify.Event, changes: Changes) -> None:
-        """Add what event says changed to changes, keeping the watches up to date."""
+    def handle(self, event: inotify.Event, changes: Changes) -> bool:
+        """Add what event says changed to changes, keeping the watches up to date; whether
+        what the replica holds may have changed (not for the backup area, nor for Unison's
+        temporary files until one is renamed into place)."""
         if event.mask & inotify.Q_OVERFLOW:
             changes.everything = True
-            return
+            return True
         folder = self.folders.get(event.wd)
         if folder is None:
-            return   # a watch already dropped
+            return False   # a watch already dropped
         if event.mask & inotify.IGNORED:
             self._forget(event.wd)
-            return
+            return False
         if event.mask & (inotify.DELETE_SELF | inotify.MOVE_SELF):
             if folder == "":   # the root went, or another folder took its place
                 changes.everything = True
                 self.restart()
-            return   # a folder below: its parent reports it
+                return True
+            return False   # a folder below: its parent reports it
         path = f"{folder}/{event.name}" if folder else event.name
         if event.mask & inotify.MOVED_TO and event.cookie in changes.moved_from:
             source, temporary = changes.moved_from.pop(event.cookie)
@@ -116,11 +119,11 @@ class Tree:
                 changes.moved_from[event.cookie] = (path, temporary)
             if event.is_dir and not temporary:
                 self._drop_below(path)
-            return
+            return not temporary and not ignored(path)
         else:
             temporary = False
         if ignored(path):
-            return
+            return False
         if temporary:
             changes.synced.add(path)   # Unison put what it brought in place
         elif event.mask & inotify.ATTRIB or (event.is_dir and event.mask & inotify.DELETE):
@@ -131,6 +134,7 @@ class Tree:
             self._drop_below(path)
         elif event.is_dir and event.mask & (inotify.CREATE | inotify.MOVED_TO):
             self._add_below(path)
+        return True
 
     def restart(self) -> None:
         """Drop every watch and watch the root again as it is now (if it is there)."""
@@ -199,6 +203,10 @@ class Burst:
         if not self.first:
             self.first = now
         self.last = now
+
+    def hold(self, now: float, delay_s: float) -> None:
+        """Due delay_s from now (a round to run again), or sooner if changes come."""
+        self.first = self.last = now + delay_s - self.quiet_s
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the round is due (0: now); None with nothing gathered."""

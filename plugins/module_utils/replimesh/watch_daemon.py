@@ -19,13 +19,15 @@ import time
 from . import daemons, inotify, journal, markers, replica, replica_history, watch
 from .config import Config
 from .errors import ReplimeshError
-from .round import PeerResult, run_round
+from .round import FAILED, PeerResult, run_round
 
 LOG = "watch.log"
 # How often the watcher looks again for a root that was missing (an unmounted disk),
 # and, in fallback, tries its watches again (the limit may have been raised).
 HOUSEKEEPING_S = 5.0
 RETRY_WATCHES_S = 600.0
+# A round that failed with a peer runs again after this, doubling up to RETRY_LAST_S.
+RETRY_FIRST_S, RETRY_LAST_S = 2.0, 60.0
 
 
 def lock_path(cfg: Config) -> str:
@@ -41,6 +43,7 @@ class Watcher:
                        for root in cfg.roots}
         self.fallback = False    # the watches could not all be made: periodic rounds
         self.retry_at = 0.0      # when to try the watches again, in fallback
+        self.retry_s = RETRY_FIRST_S   # the wait before a failed round runs again
         self.stopping = False
         self.wake, self.waker = os.pipe()   # stop() wakes the wait for events
         self.markers: markers.Keeper | None = None   # while every root is watched
@@ -142,10 +145,10 @@ class Watcher:
                 continue
             for root, tree in self.trees.items():
                 if event.wd in tree.folders:
-                    tree.handle(event, self.bursts[root].changes)
-                    touched.add(root)
+                    if tree.handle(event, self.bursts[root].changes):
+                        touched.add(root)
                     break
-        for root in touched:   # whoever changed it: sessions too
+        for root in touched:   # whoever changed it: sessions too (markers.py)
             self.count(root)
 
     def count(self, root: str) -> None:
@@ -217,6 +220,24 @@ class Watcher:
             return
         self.log(f"round for {describe(scope)}: {summary(results)} "
                  f"({time.monotonic() - started:.2f} s)")
+        if any(r.result == FAILED for r in results) and not self.fallback:
+            self.again(scope)
+        else:
+            self.retry_s = RETRY_FIRST_S
+
+    def again(self, scope: dict[str, list[str] | None]) -> None:
+        """A peer failed (busy, a conflict not passed on...): the same round again later,
+        backing off, with whatever changed meanwhile (a peer that is down catches up by
+        its own full round when it is back)."""
+        now = time.monotonic()
+        for root, paths in scope.items():
+            burst = self.bursts[root]
+            if paths is None:
+                burst.changes.everything = True
+            else:
+                burst.changes.paths.update(paths)
+            burst.hold(now, self.retry_s)
+        self.retry_s = min(self.retry_s * 2, RETRY_LAST_S)
 
     def pause(self, seconds: float) -> None:
         select.select([self.wake], [], [], seconds)
