@@ -76,7 +76,8 @@ def test_the_watch_role_keeps_a_watcher_on_every_node_and_turns_it_off(fault_lab
 
 
 def everywhere(nodes, name, text):
-    """Whether every node holds name with text (None: holds no such file)."""
+    """Whether every node holds name with text (None: holds no such file; a final newline
+    is not part of a text, as contents() reads them)."""
     return all(contents(node).get(name) == text for node in nodes.values())
 
 
@@ -124,7 +125,7 @@ def test_a_full_round_with_nothing_changed_runs_no_session_and_says_so(nodes):
                        f"chown replimesh: {ROOT}/unwatched.txt")
     code, peers = LAB.sync(nodes["node1"])
     assert code == 0 and peers["node3"]["sessions"] >= 1 and not peers["node3"]["unchanged"]
-    assert everywhere(nodes, "unwatched.txt", "unwatched\n")   # node2 by the second pass
+    assert everywhere(nodes, "unwatched.txt", "unwatched")   # node2 by the second pass
 
 
 def test_two_watchers_reacting_to_the_same_change_at_once_agree(nodes):
@@ -177,7 +178,7 @@ def test_a_root_replaced_while_watched_is_synced_in_full(nodes):
                        f" && chown replimesh: {ROOT}.new/restored.txt"
                        f" && mv {ROOT} {ROOT}.old && mv {ROOT}.new {ROOT}")
     try:
-        wait_until(lambda: everywhere(nodes, "restored.txt", "restored\n"), SPREAD_S,
+        wait_until(lambda: everywhere(nodes, "restored.txt", "restored"), SPREAD_S,
                    "a file of the new root on every node")
         assert all(everywhere(nodes, f"kept-{n}.txt", "before the swap") for n in range(3))
         log = on(nodes["node3"], f"cat {WATCH_LOG}").stdout

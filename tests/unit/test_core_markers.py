@@ -10,7 +10,7 @@ import pytest
 from plugins.module_utils.replimesh import markers, replica_history
 from plugins.module_utils.replimesh import round as sync_round
 
-from .support import SOME_FAILED, calls_of, fake_unison, script, write_node, write_peers
+from .support import INCOMING, SOME_FAILED, calls_of, fake_unison, script, write_node, write_peers
 
 ME = {"name": "node1", "address": "127.0.0.11"}
 NODE2 = {"name": "node2", "address": "127.0.0.1"}
@@ -115,3 +115,19 @@ def test_no_pair_is_skipped_without_a_watcher_or_after_a_session_that_failed(
     assert sync_round.run_round(cfg)[0].sessions == 1   # equal this time
     assert sync_round.run_round(cfg)[0].sessions == 0
     assert sessions(calls) == 2
+
+
+def test_a_root_that_changed_earlier_in_the_round_is_synced_with_every_later_peer(
+        tmp_path, listening_port):
+    node3 = {"name": "node3", "address": "localhost"}   # 127.0.0.1 too: the port listens
+    cfg, _ = node_with_peer(tmp_path, "be:5", [(0, INCOMING), EQUAL])
+    write_peers(cfg.peers_file, [ME, NODE2, node3])
+    cfg = cfg.__class__(**{**cfg.__dict__, "ssh_port": listening_port})
+    root = cfg.roots[0]
+    keeper = markers.Keeper(cfg)
+    keeper.start()
+    # node3's pair was found equal with the markers as they read now; node2's was not.
+    markers.remember(cfg, root, "node3", markers.read(cfg, root), "be:5")
+    first, second = sync_round.run_round(cfg, second_pass=False)
+    assert (first.peer, first.sessions) == ("node2", 1)   # a change came in from node2
+    assert (second.peer, second.sessions, second.unchanged) == ("node3", 1, [])

@@ -86,7 +86,8 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     if walk.files != replica.recorded_files(cfg, root):
         replica.record(cfg, root, walk.files)
     for relative in walk.temporary:  # no session runs (we hold the lock): a killed one's
-        replica.remove(os.path.join(root, relative))
+        with contextlib.suppress(PermissionError):   # the exchange may only read the root:
+            replica.remove(os.path.join(root, relative))   # the next session removes it
     return Observed(walk, seen_go=len(seen))
 
 

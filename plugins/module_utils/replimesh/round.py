@@ -122,8 +122,11 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
             break
         came_in: dict[str, int] = {}
         heard: dict[str, int] = {}
+        # A root that changed in this round is synced with every later peer: its marker
+        # may not have moved yet (the watcher counts the change a moment later).
+        changed = {root for root, counts in incoming.items() if any(counts)}
         result = sync_peer(cfg, pending[0], exchange, incoming=came_in, heard=heard,
-                           extra=extra, scope=scope, reach=reach)
+                           extra=extra, scope=scope, reach=reach, changed=changed)
         for root in scope:
             incoming.setdefault(root, []).append(came_in.get(root, 0))
             histories.setdefault(root, []).append(heard.get(root, 0))
@@ -143,7 +146,7 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
             tell = any(n for root in roots for n in histories[root][index + 1:])
             again = sync_peer(cfg, entry, exchange=exchange and tell,
                               address=result.address, extra=extra,
-                              scope={root: scope[root] for root in roots})
+                              scope={root: scope[root] for root in roots}, changed=set(roots))
             merge(result, again)
             if progress:
                 again.message = "; ".join(m for m in ("second pass", again.message) if m)
@@ -221,11 +224,12 @@ class Reach:
 def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | None = None,
               incoming: dict[str, int] | None = None, heard: dict[str, int] | None = None,
               extra: tuple[str, ...] = (), scope: Scope | None = None,
-              reach: Reach | None = None) -> PeerResult:
+              reach: Reach | None = None, changed: set[str] = frozenset()) -> PeerResult:
     """Sync the scope (every root in full by default) with one peer; note in
     incoming[root] how many changes came in from it (deletions the history made here
     included), in heard[root] how many history records were new. extra: more Unison
-    arguments for every session. reach: the round's search for its peers' addresses."""
+    arguments for every session. reach: the round's search for its peers' addresses.
+    changed: roots that changed earlier in the round, synced whatever their markers say."""
     started = time.monotonic()
     scope = scope or {root: None for root in cfg.roots}
     roots = list(scope)
@@ -275,7 +279,7 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
     for root in roots:
         full = scope[root] is None
         mine = markers.read(cfg, root) if full else None   # before the session
-        if full and not new_records.get(root) and \
+        if full and root not in changed and not new_records.get(root) and \
                 markers.equal_since(cfg, root, peer.name, mine, theirs.get(root)):
             result.unchanged.append(root)
             if incoming is not None:
