@@ -397,7 +397,7 @@ class Workload:
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         time.sleep(delay)  # the kill lands at a random point of the round, on purpose
-        killed = self.nodes.on(self.node(node), _KILL)
+        killed = self.nodes.on(self.node(node), _KILL.format(unison=self.unison_list()))
         code, _, left = killed.stdout.partition("\n")
         running.wait(timeout=120)
         if code.strip() != "0":  # not started yet, or done: no kill, and unseen
@@ -418,10 +418,13 @@ class Workload:
                 f"{node} killed after {delay} s: Unison still runs 60 s later")
             self.log(f"  {self.findings[-1]}")
 
+    def unison_list(self) -> str:
+        return _UNISON_BUT_WATCHERS if self.watch else _UNISON
+
     def unison_running(self) -> dict[str, str]:
         found = {}
         for name in self.up():
-            text = self.nodes.on(self.node(name), "pgrep -a -x unison; true").stdout
+            text = self.nodes.on(self.node(name), f"{self.unison_list()}; true").stdout
             if text.strip():
                 found[name] = text
         return found
@@ -529,8 +532,13 @@ def _folders(path: str) -> list[str]:
 # Kill the round on a node (its exit code: 0 if a round was killed), then wait at most
 # KILL_GRACE_S there for its Unison to go, and show what is left (nothing, if all is well).
 _KILL = ("pkill -KILL -f '[r]eplimesh sync'; echo $?; i=0; "
-         f"while pgrep -x unison >/dev/null && [ $i -lt {int(KILL_GRACE_S * 10)} ]; do "
-         "sleep 0.1; i=$((i+1)); done; pgrep -a -x unison; true")
+         "while [ -n \"$({unison})\" ] && [ $i -lt " f"{int(KILL_GRACE_S * 10)} ]; do "
+         "sleep 0.1; i=$((i+1)); done; {unison}; true")
+# The Unison processes of a node. With watchers, those of a live round are left out:
+# the watcher's own sessions (its children) and those it serves to the peers' watchers.
+_UNISON = "pgrep -a -x unison"
+_UNISON_BUT_WATCHERS = ("ps -o pid=,ppid=,args= -C unison | awk -v w=\"$(cat "
+                        f"{HOME}/mesh/watch.lock 2>/dev/null)\" '$2 != w && !/ -server/'")
 # Every regular file under a folder: its path, a NUL, its content, a NUL (files are small).
 _PRUNE = f"-path ./{BACKUP} -prune -o"
 _DUMP = ("cd {where} 2>/dev/null || exit 0; find . {prune} -type f -print0 | "
