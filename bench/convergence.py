@@ -117,9 +117,7 @@ def plot(results, sizes, path):
             axis.set_xticks(sizes)
             axis.grid(alpha=0.3)
     axes[0].legend()
-    figure.suptitle("Converging after a change on every node (median of runs)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    report.save_plot(figure, "Converging after a change on every node (median of runs)", path)
 
 
 def main():

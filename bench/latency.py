@@ -173,10 +173,7 @@ def table(results, sizes, files):
 
 
 def plot(results, sizes, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = report.plot_area()
     for kind, marker in zip(KINDS, "o^s"):
         for share, style in ((0.5, "-"), (0.95, ":")):
             values = [percentile([r["seconds"] for r in results
@@ -184,14 +181,9 @@ def plot(results, sizes, path):
                       for n in sizes]
             axis.plot(sizes, values, style, marker=marker,
                       label=f"{kind}, p{int(share * 100)}")
-    axis.set_xlabel("nodes")
-    axis.set_ylabel("seconds to every node")
     axis.set_xticks(sizes)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.suptitle("Write-to-everywhere time with watch mode")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    report.label(axis, "nodes", "seconds to every node")
+    report.save_plot(figure, "Write-to-everywhere time with watch mode", path)
 
 
 def main():

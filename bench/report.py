@@ -17,3 +17,25 @@ def save(name: str, data, table: str, folder: Path = HERE) -> None:
     head, rest = readme.split(begin)
     _, tail = rest.split(end)
     (folder / "README.md").write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+
+
+def plot_area(rows: int = 1, columns: int = 1, size: tuple[float, float] = (7, 3.5)):
+    """(figure, axes) of a PNG plot (matplotlib from bench/requirements.txt, no display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(rows, columns, figsize=size)
+
+
+def label(axis, xlabel: str, ylabel: str, legend: bool = True) -> None:
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    if legend:
+        axis.legend(fontsize=7)
+
+
+def save_plot(figure, title: str, path: Path) -> None:
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

@@ -127,22 +127,14 @@ def table(results, sizes, trees):
 
 
 def plot(results, sizes, trees, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = report.plot_area()
     for size, style in zip(sizes, ("-", "--", ":")):
         for kind, marker in zip(KINDS, "os^"):
             axis.plot(trees, [medians(results, size, f, kind) for f in trees], style,
                       marker=marker, label=f"{kind}, {size} nodes")
     axis.set_xscale("log")
-    axis.set_xlabel("files in the root")
-    axis.set_ylabel("seconds (median)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.suptitle("A round's cost as the tree grows")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    report.label(axis, "files in the root", "seconds (median)")
+    report.save_plot(figure, "A round's cost as the tree grows", path)
 
 
 def main():

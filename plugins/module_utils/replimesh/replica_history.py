@@ -12,10 +12,8 @@ started afresh, never a reason to stop syncing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import history, markers, replica, state, tree
@@ -165,7 +163,7 @@ def add(cfg: Config, root: str, records: History) -> History:
     mine, new, merged = _merged(cfg, root, records)
     if not new and len(merged) == len(mine):
         return new  # nothing to write: no lock taken
-    with _locked(cfg, root):
+    with state.locked(_path(cfg, root, "history.lock")):
         if _stamp(cfg, root) != before:
             mine, new, merged = _merged(cfg, root, records)
         if new or len(merged) != len(mine):
@@ -263,15 +261,3 @@ def _read(path: str) -> dict:
 
 def _path(cfg: Config, root: str, suffix: str) -> str:
     return replica.file_path(cfg, root, suffix)
-
-
-@contextlib.contextmanager
-def _locked(cfg: Config, root: str) -> Iterator[None]:
-    os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
-    fd = os.open(_path(cfg, root, "history.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

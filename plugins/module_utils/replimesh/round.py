@@ -8,14 +8,11 @@ changed. Every session holds the replica's lock on both sides (see replica.py).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import random
 import socket
 import stat
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -82,23 +79,11 @@ def run_round(cfg: Config, progress: Callable[[PeerResult], None] | None = None,
     intended, past the deletion guard. scope: the roots and paths to sync (the watcher's
     rounds), every root in full by default. Rounds of this node run one at a time.
     """
-    with _one_round_at_a_time(cfg), peer_ssh.sharing():
+    # The node's round lock: a cron round and the watcher's wait on each other.
+    with state.locked(os.path.join(os.path.dirname(cfg.state_file), "round.lock")), \
+            peer_ssh.sharing():
         return _run_round(cfg, progress, exchange, second_pass, allow_deletions,
                           scope or {root: None for root in cfg.roots})
-
-
-@contextlib.contextmanager
-def _one_round_at_a_time(cfg: Config) -> Iterator[None]:
-    """The node's round lock (a cron round and the watcher's wait on each other)."""
-    folder = os.path.dirname(cfg.state_file)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(folder, "round.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, exchange: bool,

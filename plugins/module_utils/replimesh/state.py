@@ -1,10 +1,14 @@
-"""The node's state file: the last result of every peer, read by `replimesh status`."""
+"""The node's small files: the state file (the last result of every peer, read by
+`replimesh status`), JSON written atomically, and lock files held while waiting."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -58,3 +62,15 @@ def write_json(path: str, data: Any) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold the lock file at path (made, with its folder, when missing), waiting for it."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
