@@ -47,7 +47,7 @@ def nodes(fault_lab):
         watcher(node, "--stop")
     found = fresh_replicas(fault_lab)
     for node in found.values():
-        on(node, f": > {WATCH_LOG}")
+        LAB.as_sync_user(node, f"truncate -s 0 {WATCH_LOG}")   # the watcher's, as it was
         watcher(node, "--detach")
     for node in found.values():
         wait_until(lambda n=node: "(all)" in on(n, f"cat {WATCH_LOG}").stdout, 60,
@@ -79,6 +79,15 @@ def everywhere(nodes, name, text):
     """Whether every node holds name with text (None: holds no such file; a final newline
     is not part of a text, as contents() reads them)."""
     return all(contents(node).get(name) == text for node in nodes.values())
+
+
+def held_everywhere(nodes, path, text):
+    """Whether every node holds the file at path (below the root's top too) with text."""
+    for node in nodes.values():
+        done = on(node, f"cat {ROOT}/{path}", check=False)
+        if done.returncode != 0 or done.stdout != text:
+            return False
+    return True
 
 
 def same_everywhere(nodes):
@@ -163,9 +172,26 @@ def test_a_change_made_while_a_session_writes_into_its_folder_is_not_lost(nodes)
                    120, "big.bin on every node")
     finally:
         faults.shape(FAULT, "node1", "")
-    wait_until(lambda: all(on(n, f"cat {ROOT}/shared/local.txt", check=False).stdout
-                           == "written on node2 meanwhile" for n in nodes.values()),
-               SPREAD_S, "node2's file, written during the session, on every node")
+    wait_until(lambda: held_everywhere(nodes, "shared/local.txt", "written on node2 "
+                                       "meanwhile"), SPREAD_S,
+               "node2's file, written during the session, on every node")
+
+
+def test_a_folder_made_owner_only_then_handed_over_is_watched(nodes):
+    """`install -d -o` and tar make a folder readable by its maker only, then hand it
+    over: the watcher's watch was refused while it came, and is made when it is handed."""
+    before = rounds(nodes["node1"])
+    on(nodes["node1"], f"mkdir -m 700 {ROOT}/handed")
+    wait_until(lambda: rounds(nodes["node1"]) != before, SPREAD_S,
+               "node1's round for the folder it could not read")
+    on(nodes["node1"], f"printf early > {ROOT}/handed/early.txt && "
+                       f"chown -R replimesh: {ROOT}/handed && chmod 755 {ROOT}/handed")
+    wait_until(lambda: held_everywhere(nodes, "handed/early.txt", "early"), SPREAD_S,
+               "the file written before the folder was handed over, on every node")
+    write(nodes["node1"], "handed/late.txt", "written once it was handed over")
+    wait_until(lambda: held_everywhere(nodes, "handed/late.txt", "written once it was "
+                                       "handed over"), SPREAD_S,
+               "the file written after, on every node")
 
 
 def test_a_root_replaced_while_watched_is_synced_in_full(nodes):

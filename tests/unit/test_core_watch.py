@@ -77,6 +77,26 @@ def test_a_new_folder_is_watched_and_reported_whole(notify, root):
     assert settle(notify, tree).paths == {"n/m/late.txt"}
 
 
+def test_a_folder_unreadable_when_it_came_is_watched_once_readable(notify, root,
+                                                                   monkeypatch):
+    """`install -d -o` and tar make a folder owner-only first: the sync user's watch is
+    refused (as root here, the refusal is stood in for), and files land in it unseen."""
+    tree = Tree(notify, str(root))
+    tree.start()
+    add = notify.add
+    monkeypatch.setattr(notify, "add", lambda path, *a: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied", path)))
+    (root / "late").mkdir()
+    (root / "late" / "unseen.txt").write_text("x")
+    assert settle(notify, tree).paths == {"late"} and "late" not in tree.watches
+    monkeypatch.setattr(notify, "add", add)
+    os.chmod(root / "late", 0o755)   # what the chown or chmod that follows tells
+    changes = settle(notify, tree)
+    assert "late" in changes.paths and "late" in tree.watches
+    (root / "late" / "seen.txt").write_text("y")
+    assert settle(notify, tree).paths == {"late/seen.txt"}
+
+
 def test_a_folder_moved_within_the_root_is_watched_under_its_new_name(notify, root):
     tree = Tree(notify, str(root))
     tree.start()

@@ -39,6 +39,14 @@ def lock_or_none(path: str):
     return handle
 
 
+def writable(path: str) -> bool:
+    try:
+        with open(path, "a", encoding="utf-8"):
+            return True
+    except OSError:
+        return False
+
+
 def take_over(path: str, wait_s: float = 30.0):
     """Stop the running daemon (SIGTERM to the pid in its lock file) and take its lock;
     None if it did not let go within wait_s."""
@@ -56,11 +64,17 @@ def take_over(path: str, wait_s: float = 30.0):
     return None
 
 
-def run(name: str, node: str, lock_path: str, main: Callable[[], int],
+def run(name: str, node: str, lock_path: str, log_path: str, main: Callable[[], int],
         detach: bool = False, replace: bool = False, stop: bool = False) -> int:
     """Run main as the node's one daemon of that name, unless one already runs (then
     say so, exit 0); replace: stop the running one first; detach: in the background,
-    in a session of its own, with no terminal; stop: only stop the running one."""
+    in a session of its own, with no terminal; stop: only stop the running one. A log
+    it could not write fails it here, where cron or systemd shows the error, not later
+    in a detached child whose every line would be lost."""
+    if not stop and not writable(log_path):
+        print(f"replimesh: the {name} cannot write its log {log_path}: make it the sync "
+              f"user's (or remove it), then start the {name} again", file=sys.stderr)
+        return 1
     lock = lock_or_none(lock_path)
     if stop:
         if lock is None:

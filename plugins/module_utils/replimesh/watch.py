@@ -108,6 +108,9 @@ class Tree:
                 self.restart()
                 return True
             return False   # a folder below: its parent reports it
+        if not event.name:
+            return False   # a folder's own metadata: its parent reports it (the root's
+            # own goes with the next full round)
         path = f"{folder}/{event.name}" if folder else event.name
         if event.mask & inotify.MOVED_TO and event.cookie in changes.moved_from:
             source, temporary = changes.moved_from.pop(event.cookie)
@@ -126,6 +129,12 @@ class Tree:
             return False
         if temporary:
             changes.synced.add(path)   # Unison put what it brought in place
+        elif event.is_dir and event.mask & inotify.ATTRIB and path not in self.watches:
+            # A folder it could not watch when it came: made unreadable first, as
+            # `install -d -o` and tar make them. Readable now: watched, and whole, since
+            # files may have landed in it unseen.
+            self._add_below(path)
+            (changes.paths if path in self.watches else changes.unsure).add(path)
         elif event.mask & inotify.ATTRIB or (event.is_dir and event.mask & inotify.DELETE):
             changes.unsure.add(path)
         else:

@@ -263,8 +263,8 @@ def summary(results: list[PeerResult]) -> str:
 def run(cfg: Config, detach: bool = False, replace: bool = False, stop: bool = False) -> int:
     """The node's watcher, unless one already runs (daemons.run)."""
     os.makedirs(os.path.dirname(lock_path(cfg)), mode=0o700, exist_ok=True)
-    return daemons.run("watcher", cfg.node, lock_path(cfg), lambda: _main(cfg),
-                       detach=detach, replace=replace, stop=stop)
+    return daemons.run("watcher", cfg.node, lock_path(cfg), os.path.join(cfg.log_dir, LOG),
+                       lambda: _main(cfg), detach=detach, replace=replace, stop=stop)
 
 
 def _main(cfg: Config) -> int:
