@@ -231,7 +231,8 @@ def load_index(cfg: Config, root: str) -> tree.Index:
 
 def _save_index(cfg: Config, root: str, walk: tree.Walk) -> None:
     state.write_json(_path(cfg, root, "index.json"),
-                     {"root": root, "index": walk.index, "root_mtime": walk.root_mtime})
+                     {"root": root, "index": walk.index, "root_mtime": walk.root_mtime},
+                     compact=True)
 
 
 def _walked_at(cfg: Config, root: str) -> str | None:

@@ -50,13 +50,17 @@ def read_json(path: str) -> Any:
         return None
 
 
-def write_json(path: str, data: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
+def write_json(path: str, data: Any, compact: bool = False) -> None:
+    """Write through a temporary file in the same folder, then rename: never half a file.
+    compact: on one line, for the large files nobody reads (a replica's index): the C
+    encoder, three times faster than the indented one (0.3 s for 100k files)."""
+    text = (json.dumps(data, sort_keys=True, separators=(",", ":")) if compact
+            else json.dumps(data, indent=2, sort_keys=True))
     folder = os.path.dirname(path) or "."
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
+            out.write(text)
             out.write("\n")
         os.replace(tmp, path)
     except BaseException:
