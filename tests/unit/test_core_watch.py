@@ -84,8 +84,10 @@ def test_a_folder_unreadable_when_it_came_is_watched_once_readable(notify, root,
     tree = Tree(notify, str(root))
     tree.start()
     add = notify.add
-    monkeypatch.setattr(notify, "add", lambda path, *a: (_ for _ in ()).throw(
-        PermissionError(13, "Permission denied", path)))
+
+    def refused(path, *_):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(notify, "add", refused)
     (root / "late").mkdir()
     (root / "late" / "unseen.txt").write_text("x")
     assert settle(notify, tree).paths == {"late"} and "late" not in tree.watches

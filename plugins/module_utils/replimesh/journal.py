@@ -37,11 +37,16 @@ def _escape(char: str) -> str:
         f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
 
 
+def path(cfg: Config, name: str) -> str:
+    """The node's log of that name."""
+    return os.path.join(cfg.log_dir, name)
+
+
 def append(cfg: Config, name: str, line: str) -> None:
     stamp = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     client = os.environ.get("SSH_CLIENT", "").split(" ")[0] or "-"
     try:
-        with open(os.path.join(cfg.log_dir, name), "a", encoding="utf-8") as out:
+        with open(path(cfg, name), "a", encoding="utf-8") as out:
             out.write(f"{stamp} {one_line(client, 64)} {one_line(line)}\n")
     except OSError:
         print(f"replimesh: cannot write {cfg.log_dir}/{name}", file=sys.stderr)

@@ -467,5 +467,5 @@ def run(cfg: Config, detach: bool = False, replace: bool = False, stop: bool = F
     swarm_engine.lt()  # fail here, with the install hint, not in a detached child
     os.makedirs(cfg.swarm_dir, mode=0o750, exist_ok=True)
     return daemons.run("swarm daemon", cfg.node, paths(cfg)["lock"],
-                       os.path.join(cfg.log_dir, LOG), lambda: Daemon(cfg).run(),
+                       journal.path(cfg, LOG), lambda: Daemon(cfg).run(),
                        detach=detach, replace=replace, stop=stop)

@@ -263,7 +263,7 @@ def summary(results: list[PeerResult]) -> str:
 def run(cfg: Config, detach: bool = False, replace: bool = False, stop: bool = False) -> int:
     """The node's watcher, unless one already runs (daemons.run)."""
     os.makedirs(os.path.dirname(lock_path(cfg)), mode=0o700, exist_ok=True)
-    return daemons.run("watcher", cfg.node, lock_path(cfg), os.path.join(cfg.log_dir, LOG),
+    return daemons.run("watcher", cfg.node, lock_path(cfg), journal.path(cfg, LOG),
                        lambda: _main(cfg), detach=detach, replace=replace, stop=stop)
 
 
