@@ -28,18 +28,21 @@ def test_a_marker_is_read_while_its_watcher_keeps_it(cfg):
     keeper = markers.Keeper(cfg)
     keeper.start()
     first = markers.read(cfg, root)
-    assert first == f"{keeper.epoch}:0"
-    keeper.changed(root)
-    assert markers.read(cfg, root) == f"{keeper.epoch}:1"
+    epoch = keeper.epochs[root]
+    assert first == f"{epoch}:0"
+    keeper.changed(root, {"a.txt"})
+    assert markers.read(cfg, root) == f"{epoch}:1"
     stale = time.time() - markers.STALE_S - 1
     os.utime(markers.path(cfg, root), (stale, stale))
     assert markers.read(cfg, root) is None   # a watcher that stopped touching it
     keeper.touched = 0.0
     keeper.heartbeat()
-    assert markers.read(cfg, root) == f"{keeper.epoch}:1"
+    assert markers.read(cfg, root) == f"{epoch}:1"
     keeper.stop()
     assert markers.read(cfg, root) is None
-    assert markers.Keeper(cfg).epoch != keeper.epoch   # each start: a new epoch
+    again = markers.Keeper(cfg)
+    again.start()
+    assert again.epochs[root] != epoch   # each start: a new epoch
 
 
 @pytest.mark.parametrize("sent", [
@@ -61,7 +64,7 @@ def test_a_walk_is_skipped_while_the_marker_is_the_one_read_before_the_last(cfg)
     again = replica_history.observe(cfg, root)
     assert again.unchanged and again.walk.files == 1
     os.unlink(os.path.join(root, "a.txt"))
-    keeper.changed(root)   # what the watcher does on the deletion's event
+    keeper.changed(root, {"a.txt"})   # what the watcher does on the deletion's event
     walked = replica_history.observe(cfg, root, guard=False)
     assert not walked.unchanged and walked.seen_go == 1   # the deletion is in the history
 
@@ -97,7 +100,7 @@ def test_a_round_skips_a_pair_whose_replicas_did_not_change_since_they_were_equa
     second, = sync_round.run_round(cfg)
     assert second.sessions == 0 and second.unchanged == [root] and second.result == "ok"
     assert sessions(calls) == 1
-    keeper.changed(root)   # something changed here: the pair syncs again
+    keeper.changed(root, {"new.txt"})   # something changed here: the pair syncs again
     third, = sync_round.run_round(cfg)
     assert third.sessions == 1 and sessions(calls) == 2
 

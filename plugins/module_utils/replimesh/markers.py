@@ -16,6 +16,7 @@ was seen by the walk or session itself; one after it changes the count).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
@@ -26,6 +27,11 @@ from .config import Config
 HEARTBEAT_S = 2.0
 STALE_S = 10.0
 SUFFIX = "changes"
+JOURNAL = "journal"
+# A journal past this size starts a new epoch (the next walk is a full one); one walk of
+# more than MAX_JOURNALED paths is a full one too.
+JOURNAL_MAX_BYTES = 8 << 20
+MAX_JOURNALED = 20_000
 KEY = "changes"   # the exchange's field: {root: the peer's marker, or null}
 _VALID = re.compile(r"[0-9a-f]{1,32}:[0-9]{1,18}")
 
@@ -57,21 +63,47 @@ def sent(answer: dict, root: str) -> str | None:
 
 
 class Keeper:
-    """The watcher's side: a new epoch at start, a count per root."""
+    """The watcher's side: a new epoch at start, a count per root, and the root's journal
+    of the paths that changed in this epoch, each written before it is counted."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.epoch = os.urandom(8).hex()
+        self.epochs = {root: "" for root in cfg.roots}
         self.counts = dict.fromkeys(cfg.roots, 0)
+        self.broken: set[str] = set()   # roots whose marker was taken away
         self.touched = 0.0
 
     def start(self) -> None:
         os.makedirs(self.cfg.replica_dir, mode=0o700, exist_ok=True)
         for root in self.counts:
-            self._write(root)
+            self._new_epoch(root)
 
-    def changed(self, root: str) -> None:
-        self.counts[root] += 1
+    def changed(self, root: str, paths: set[str]) -> None:
+        """paths (relative; "" for the whole root) may have changed in root. A journal or
+        marker that cannot be written (a full disk) takes the marker away until a new
+        epoch can start: a marker must never move past a change its journal misses."""
+        lines = "".join(json.dumps(p) + "\n" for p in sorted(paths))
+        try:
+            with open(journal_path(self.cfg, root), "a", encoding="ascii") as journal:
+                journal.write(lines)
+                full = journal.tell() > JOURNAL_MAX_BYTES
+            if full or root in self.broken:
+                self._new_epoch(root)
+                self.broken.discard(root)
+                return
+            self.counts[root] += 1
+            self._write(root)
+        except OSError:
+            self.broken.add(root)
+            with contextlib.suppress(OSError):
+                os.unlink(path(self.cfg, root))
+
+    def _new_epoch(self, root: str) -> None:
+        """A journal of its own: nothing before it is in it, so the next walk is full."""
+        self.epochs[root], self.counts[root] = os.urandom(8).hex(), 0
+        with open(journal_path(self.cfg, root) + ".new", "w", encoding="ascii") as journal:
+            journal.write(json.dumps({"epoch": self.epochs[root]}) + "\n")
+        os.replace(journal_path(self.cfg, root) + ".new", journal_path(self.cfg, root))
         self._write(root)
 
     def heartbeat(self) -> None:
@@ -87,11 +119,59 @@ class Keeper:
     def stop(self) -> None:
         """No marker any more (the watcher stops, or its watches are gone)."""
         for root in self.counts:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path(self.cfg, root))
+            for name in (path(self.cfg, root), journal_path(self.cfg, root)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
 
     def _write(self, root: str) -> None:
-        state.write_json(path(self.cfg, root), f"{self.epoch}:{self.counts[root]}")
+        state.write_json(path(self.cfg, root), f"{self.epochs[root]}:{self.counts[root]}")
+
+
+# The journal, read by whoever walks the replica (markers.py's promise, per path): when
+# the marker read before a walk has the epoch of the last walk's, every change since that
+# walk is journaled after the offset the last walk read up to, so a walk of those paths
+# finds what a walk of the whole root would.
+
+def journal_path(cfg: Config, root: str) -> str:
+    return replica.file_path(cfg, root, JOURNAL)
+
+
+def journaled(cfg: Config, root: str, marker: str | None,
+              last: tuple[str, int] | None) -> tuple[set[str] | None, int]:
+    """(The paths changed since the last walk, None when the whole root must be walked;
+    the offset to read from next time). marker: read before this walk; last: the marker
+    read before the last walk and its offset."""
+    if marker is None:
+        return None, 0
+    epoch = marker.split(":")[0]
+    try:
+        with open(journal_path(cfg, root), "rb") as journal:
+            header = json.loads(journal.readline(200) or b"null")
+            if not isinstance(header, dict) or header.get("epoch") != epoch:
+                return None, 0   # a journal of another epoch: read again next time
+            start = journal.tell()
+            if last is not None and last[0].split(":")[0] == epoch and last[1] >= start:
+                start = last[1]
+            else:
+                last = None
+            journal.seek(start)
+            text = journal.read(JOURNAL_MAX_BYTES + 1)
+    except (OSError, ValueError):
+        return None, 0
+    complete = text[:text.rfind(b"\n") + 1]   # a line being written is read next time
+    offset = start + len(complete)
+    if last is None:
+        return None, offset
+    paths: set[str] = set()
+    for line in complete.splitlines():
+        try:
+            changed = json.loads(line)
+        except ValueError:
+            return None, offset
+        if not isinstance(changed, str) or changed == "" or len(paths) >= MAX_JOURNALED:
+            return None, offset
+        paths.add(changed)
+    return paths, offset
 
 
 # A pair's last session that found both replicas equal (exit 0, no conflict, no failed

@@ -51,10 +51,12 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     since: no walk, and the index is not even read."""
     os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
     marker = markers.read(cfg, root)   # before the walk: see markers.py
-    if marker is not None and os.path.isdir(root) and _walked_at(cfg, root) == marker:
+    last = _last_walk(cfg, root)
+    if marker is not None and os.path.isdir(root) and last is not None and last[0] == marker:
         return Observed(tree.Walk({}, replica.recorded_files(cfg, root) or 0), unchanged=True)
     saved = _read(_path(cfg, root, "index.json"))
-    previous = saved.get("index", {}) if isinstance(saved.get("index"), dict) else {}
+    indexed = isinstance(saved.get("index"), dict)
+    previous = saved["index"] if indexed else {}
     reuse = fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s)
     if not reuse and after_session:
         mtime = saved.get("root_mtime")
@@ -62,7 +64,10 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     if reuse:
         files = sum(1 for entry in previous.values() if entry[0] != tree.FOLDER)
         return Observed(tree.Walk(previous, files, root_mtime=saved.get("root_mtime", 0)))
-    walk = tree.walk(root, previous)
+    # Only what the watcher's journal says changed since the last walk, if it can say.
+    paths, offset = markers.journaled(cfg, root, marker, last)
+    walk = (tree.walk_paths(root, previous, paths) if paths is not None and indexed
+            and os.path.isdir(root) else tree.walk(root, previous))
     refusal = replica.check(cfg, root, walk.files) if guard else ""
     if refusal:
         with contextlib.suppress(FileNotFoundError):
@@ -78,9 +83,8 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     if walk.changed or walk.root_mtime != saved.get("root_mtime"):
         _save_index(cfg, root, walk)
     # Its time: when a walk of the replica last passed the guard; in it, the marker read
-    # before that walk (empty: none).
-    with open(_path(cfg, root, "walked"), "w", encoding="ascii") as out:
-        out.write(marker or "")
+    # before that walk (empty: none) and how far its journal was read.
+    state.write_json(_path(cfg, root, "walked"), {"marker": marker or "", "journal": offset})
     if walk.files != replica.recorded_files(cfg, root):
         replica.record(cfg, root, walk.files)
     for relative in walk.temporary:  # no session runs (we hold the lock): a killed one's
@@ -235,9 +239,14 @@ def _save_index(cfg: Config, root: str, walk: tree.Walk) -> None:
                      compact=True)
 
 
-def _walked_at(cfg: Config, root: str) -> str | None:
-    """The change marker read before the last walk that passed the guard, if any."""
-    return _read_text(_path(cfg, root, "walked")) or None
+def _last_walk(cfg: Config, root: str) -> tuple[str, int] | None:
+    """(The change marker read before the last walk that passed the guard, how far that
+    walk read the root's journal); None if there is none."""
+    walked = _read(_path(cfg, root, "walked"))
+    marker, offset = walked.get("marker"), walked.get("journal")
+    if not isinstance(marker, str) or not marker or not isinstance(offset, int):
+        return None
+    return marker, offset
 
 
 def _read_text(path: str) -> str:

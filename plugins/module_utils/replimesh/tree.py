@@ -59,6 +59,64 @@ def walk(root: str, previous: Index) -> Walk:
     return done
 
 
+def walk_paths(root: str, previous: Index, paths: set[str]) -> Walk:
+    """What walk() would find if nothing but paths (and what lies below them) changed
+    since previous was made: those walked again, with the folders above them (their
+    times), the rest of previous taken as it is."""
+    done = Walk(dict(previous))
+    with contextlib.suppress(OSError):
+        done.root_mtime = os.lstat(root).st_mtime_ns
+    tops = [p for p in outermost(paths) if p and not ignored(p)]
+    below = tuple(top + "/" for top in tops if previous.get(top, [FILE])[0] == FOLDER)
+    tops_set = set(tops)
+    before = {p: e for p, e in previous.items()
+              if p in tops_set or (below and p.startswith(below))}
+    for path in before:
+        del done.index[path]
+    for top in tops:
+        entry = _entry(os.path.join(root, top), previous.get(top))
+        if entry is not None:
+            done.index[top] = entry
+            if entry[0] == FOLDER:
+                _walk_folder(os.path.join(root, top), top + "/", previous, done)
+        parts = top.split("/")
+        for depth in range(1, len(parts)):   # an entry added or removed: a folder's time
+            folder = "/".join(parts[:depth])
+            now = _entry(os.path.join(root, folder), previous.get(folder))
+            if now is not None and now[0] == FOLDER and folder in done.index:
+                done.index[folder] = now
+    done.files = sum(1 for entry in done.index.values() if entry[0] != FOLDER)
+    done.changed = done.index != previous
+    for path, entry in before.items():
+        now = done.index.get(path)
+        if now is None:
+            done.gone.append(version(path, entry))
+        elif version(path, now) != version(path, entry):
+            done.replaced.append(version(path, entry))
+    return done
+
+
+def ignored(relative: str) -> bool:
+    """Paths replimesh never syncs: the backup area, Unison's temporary files."""
+    first, _, _ = relative.partition("/")
+    return first == BACKUP_DIR or unison_temporary(relative.rsplit("/", 1)[-1])
+
+
+def unison_temporary(name: str) -> bool:
+    """Unison writes what it brings to a temporary name, then renames it into place."""
+    return name.startswith(UNISON_TEMP) and name.endswith(UNISON_TEMP_END)
+
+
+def outermost(paths: set[str]) -> list[str]:
+    """paths without those lying under another of them, sorted."""
+    kept: set[str] = set()
+    for path in sorted(paths, key=lambda p: p.count("/")):
+        parts = path.split("/")
+        if not any("/".join(parts[:depth]) in kept for depth in range(1, len(parts))):
+            kept.add(path)
+    return sorted(kept)
+
+
 def _walk_folder(folder: str, prefix: str, previous: Index, done: Walk) -> None:
     try:
         entries = list(os.scandir(folder))

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import inotify, tree
-from .tree import BACKUP_DIR, UNISON_TEMP, UNISON_TEMP_END
+from .tree import ignored, outermost, unison_temporary
 
 # Beyond this many changed paths, a round syncs the whole root (one Unison session
 # with thousands of -path arguments is slower than a scan, and too long a command).
@@ -52,17 +52,6 @@ class Changes:
         return set(self.paths), unsure - self.paths
 
 
-def ignored(relative: str) -> bool:
-    """Paths replimesh never syncs: the backup area, Unison's temporary files."""
-    first, _, _ = relative.partition("/")
-    return first == BACKUP_DIR or _unison_temporary(relative.rsplit("/", 1)[-1])
-
-
-def _unison_temporary(name: str) -> bool:
-    """Unison writes what it brings to a temporary name, then renames it into place."""
-    return name.startswith(UNISON_TEMP) and name.endswith(UNISON_TEMP_END)
-
-
 def news(root: str, index: tree.Index, paths: set[str]) -> set[str]:
     """The paths whose state is not the one the root's last walk indexed. A session
     walks the root when it ends (the caller holds the replica's lock, so none is under
@@ -89,27 +78,28 @@ class Tree:
         self._add_below("")
         return len(self.folders)
 
-    def handle(self, event: inotify.Event, changes: Changes) -> bool:
-        """Add what event says changed to changes, keeping the watches up to date; whether
-        what the replica holds may have changed (not for the backup area, nor for Unison's
-        temporary files until one is renamed into place)."""
+    def handle(self, event: inotify.Event, changes: Changes) -> str | None:
+        """Add what event says changed to changes, keeping the watches up to date; the
+        path whose content in the replica may have changed ("" for the whole root), None
+        if none did (the backup area; Unison's temporary files until one is renamed into
+        place)."""
         if event.mask & inotify.Q_OVERFLOW:
             changes.everything = True
-            return True
+            return ""
         folder = self.folders.get(event.wd)
         if folder is None:
-            return False   # a watch already dropped
+            return None   # a watch already dropped
         if event.mask & inotify.IGNORED:
             self._forget(event.wd)
-            return False
+            return None
         if event.mask & (inotify.DELETE_SELF | inotify.MOVE_SELF):
             if folder == "":   # the root went, or another folder took its place
                 changes.everything = True
                 self.restart()
-                return True
-            return False   # a folder below: its parent reports it
+                return ""
+            return None   # a folder below: its parent reports it
         if not event.name:
-            return False   # a folder's own metadata: its parent reports it (the root's
+            return None   # a folder's own metadata: its parent reports it (the root's
             # own goes with the next full round)
         path = f"{folder}/{event.name}" if folder else event.name
         if event.mask & inotify.MOVED_TO and event.cookie in changes.moved_from:
@@ -117,16 +107,16 @@ class Tree:
             if not temporary:
                 changes.paths.add(source)   # renamed here
         elif event.mask & inotify.MOVED_FROM:
-            temporary = _unison_temporary(event.name)
+            temporary = unison_temporary(event.name)
             if temporary or not ignored(path):
                 changes.moved_from[event.cookie] = (path, temporary)
             if event.is_dir and not temporary:
                 self._drop_below(path)
-            return not temporary and not ignored(path)
+            return None if temporary or ignored(path) else path
         else:
             temporary = False
         if ignored(path):
-            return False
+            return None
         if temporary:
             changes.synced.add(path)   # Unison put what it brought in place
         elif event.is_dir and event.mask & inotify.ATTRIB and path not in self.watches:
@@ -143,7 +133,7 @@ class Tree:
             self._drop_below(path)
         elif event.is_dir and event.mask & (inotify.CREATE | inotify.MOVED_TO):
             self._add_below(path)
-        return True
+        return path
 
     def restart(self) -> None:
         """Drop every watch and watch the root again as it is now (if it is there)."""
@@ -236,11 +226,3 @@ def scope(changed: set[str]) -> list[str] | None:
     return None if len(paths) > MAX_PATHS else paths
 
 
-def outermost(paths: set[str]) -> list[str]:
-    """paths without those lying under another of them, sorted."""
-    kept: set[str] = set()
-    for path in sorted(paths, key=lambda p: p.count("/")):
-        parts = path.split("/")
-        if not any("/".join(parts[:depth]) in kept for depth in range(1, len(parts))):
-            kept.add(path)
-    return sorted(kept)

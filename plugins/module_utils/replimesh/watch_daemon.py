@@ -136,24 +136,26 @@ class Watcher:
             burst.noted(now)
 
     def handle(self, events: list[inotify.Event]) -> None:
-        touched: set[str] = set()
+        touched: dict[str, set[str]] = {}   # root -> the paths that may have changed
         for event in events:
             if event.mask & inotify.Q_OVERFLOW:   # lost events: every root in full
-                for burst in self.bursts.values():
+                for root, burst in self.bursts.items():
                     burst.changes.everything = True
-                touched.update(self.bursts)
+                    touched.setdefault(root, set()).add("")
                 continue
             for root, tree in self.trees.items():
                 if event.wd in tree.folders:
-                    if tree.handle(event, self.bursts[root].changes):
-                        touched.add(root)
+                    path = tree.handle(event, self.bursts[root].changes)
+                    if path is not None:
+                        touched.setdefault(root, set()).add(path)
                     break
-        for root in touched:   # whoever changed it: sessions too (markers.py)
-            self.count(root)
+        for root, paths in touched.items():   # whoever changed it: sessions too
+            self.count(root, paths)
 
-    def count(self, root: str) -> None:
+    def count(self, root: str, paths: set[str]) -> None:
+        """The root's marker moves on, its journal naming paths ("": all of it)."""
         if self.markers is not None:
-            self.markers.changed(root)
+            self.markers.changed(root, paths)
 
     def forget_markers(self) -> None:
         if self.markers is not None:
@@ -180,7 +182,7 @@ class Watcher:
                     return
                 self.bursts[root].changes.everything = True
                 self.bursts[root].noted(time.monotonic())
-                self.count(root)
+                self.count(root, {""})
 
     def take_due(self) -> dict[str, list[str] | None]:
         """{root: the paths to sync, None for all} of the bursts due now, changes that
