@@ -377,3 +377,22 @@ def test_a_wiped_root_is_not_synced_until_deletions_are_allowed(tmp_path, listen
     assert result.result == OK
     call, = calls_of(calls)
     assert "-confirmbigdel=false" in call["argv"]  # nor does Unison's own guard stop it
+
+
+@pytest.mark.parametrize("said, result, sessions", [
+    ("ssh: connect to host 127.0.0.1 port 22: Connection refused", UNREACHABLE, 0),
+    ("ssh: connect to host 127.0.0.1 port 22: No route to host", UNREACHABLE, 0),
+    ("Host key verification failed.", FAILED, 1),   # the session's own failure aside
+    ("replimesh@127.0.0.1: Permission denied (publickey).", FAILED, 1),
+], ids=["refused", "no-route", "host-key", "login"])
+def test_a_peer_ssh_cannot_reach_is_unreachable_and_one_it_refuses_is_failed(
+        tmp_path, listening_port, said, result, sessions):
+    """The port answered the probe, then ssh failed: gone since (no session tried), or
+    there but refusing us (a failure to look into)."""
+    ssh = script(tmp_path, "stand-in-ssh", f"cat >/dev/null\necho '{said}' >&2\nexit 255\n")
+    program, calls = fake_unison(tmp_path, {str(tmp_path / "data"): (0, "")})
+    cfg, _ = write_node(tmp_path, [], ssh=ssh, unison=program, ssh_port=listening_port)
+    outcome = sync_round.sync_peer(cfg, entry("node2", "127.0.0.1"))
+    assert (outcome.result == UNREACHABLE) == (result == UNREACHABLE)
+    assert said in outcome.message
+    assert (len(calls_of(calls)) if calls.exists() else 0) == sessions

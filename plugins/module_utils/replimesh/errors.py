@@ -7,3 +7,8 @@ class ReplimeshError(Exception):
 
 class ConfigError(ReplimeshError):
     """The node's config or peer list is missing or malformed."""
+
+
+class Unreachable(ConfigError):
+    """A peer that SSH could not reach (refused, timed out, no route): down, or cut off,
+    rather than failing; a round records it as unreachable."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from . import children, peer_input
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, Unreachable
 
 MAX_ERROR_BYTES = 64 << 10   # of the peer's stderr; the rest is read and dropped
 # Beyond the connect timeout, what a peer may take to start answering (a minute of work).
@@ -36,6 +36,12 @@ ANSWER_WAIT_S = 60.0
 _shared: dict[str, Master] = {}   # address -> its master, within sharing()
 _folder: list[str] = []             # the sockets' private folder, within sharing()
 MASTER_WAIT_S = 5.0                 # beyond the connect timeout, for the login
+SSH_FAILED = 255   # ssh's own exit status (a remote command's is its own)
+# What ssh says when it never reached the peer's sshd: the peer is unreachable, not
+# failing (a host key or a login refused is a failure).
+_NETWORK = ("Connection refused", "Connection timed out", "No route to host",
+            "Network is unreachable", "Connection reset by peer",
+            "timed out during banner exchange", "Operation timed out")
 
 
 @dataclass
@@ -137,8 +143,16 @@ def call(cfg: Config, address: str, verb: str, sent: bytes, limit: int, answer: 
             helper.join(timeout=5)
     if process.returncode != 0:
         said = b"".join(errors).decode(errors="replace").strip().splitlines()
-        raise ConfigError(f"{failed}: {said[-1] if said else f'exit {process.returncode}'}")
+        last = said[-1] if said else f"exit {process.returncode}"
+        if process.returncode == SSH_FAILED and unreachable(last):
+            raise Unreachable(f"{failed}: {last}")
+        raise ConfigError(f"{failed}: {last}")
     return got
+
+
+def unreachable(said: str) -> bool:
+    """Whether ssh's last words say it never reached the peer."""
+    return any(words in said for words in _NETWORK)
 
 
 def _send(stream, data: bytes) -> None:

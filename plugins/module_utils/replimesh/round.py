@@ -31,7 +31,7 @@ from . import (
 )
 from . import peers as peer_list
 from .config import Config
-from .errors import ConfigError, ReplimeshError
+from .errors import ConfigError, ReplimeshError, Unreachable
 from .peers import Entry
 
 OK, UNREACHABLE, FAILED, REMOVED = "ok", "unreachable", "failed", "removed"
@@ -202,7 +202,9 @@ class Reach:
     def _look(self, entry: Entry) -> str | None:
         address = first_reachable(entry.addresses, self.cfg.ssh_port, self.cfg.connect_timeout)
         if address is not None and self.share:
-            peer_ssh.connect(self.cfg, address)   # if it fails, each call connects by itself
+            failed = peer_ssh.connect(self.cfg, address)   # else each call connects itself
+            if failed and peer_ssh.unreachable(failed):
+                return None   # it took the probe's connection, not ssh's: gone since
         return address
 
 
@@ -254,6 +256,10 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
                 result.message = f"{peer.name} is removed from the mesh: not synced"
                 result.duration = round(time.monotonic() - started, 2)
                 return result
+        except Unreachable as error:   # gone since it answered the probe: no session
+            result.result, result.message = UNREACHABLE, str(error)
+            result.duration = round(time.monotonic() - started, 2)
+            return result
         except ConfigError as error:
             problems.append(str(error))
         try:
