@@ -8,8 +8,8 @@ node, then each measurement is run --runs times, the three kinds in turn:
 
 - no change: `replimesh sync --json` on node1, every peer's pair unchanged since its
   last session found them equal (the watchers' markers), so no Unison session runs;
-- one file: a file of node1 rewritten, then `replimesh sync --path` for it on node1 (the
-  round the watcher starts), its watcher stopped meanwhile so that only this one runs;
+- one file: a file of node1 rewritten, and the round its watcher starts for it, as long
+  as that round took by the watcher's log (the burst's quiet time before it left out);
 - raw Unison: `unison ROOT ssh://root@PEER/ROOT -batch` from node1 to every peer in turn,
   nothing changed (the scan of both trees that a user's own Unison setup pays).
 
@@ -93,11 +93,16 @@ def measure(lab, nodes, kind, files, number):
     if kind == "no change":
         seconds, code = timed(lab, first, as_sync_user("replimesh sync --json"))
     elif kind == "one file":
-        on(lab, first, as_sync_user("replimesh watch --stop"))
+        before = len(watcher_rounds(lab, first))
         on(lab, first, as_sync_user(f"sh -c 'echo {number} > {ROOT}/tree/d00000/f0000000'"))
-        seconds, code = timed(lab, first, as_sync_user(
-            f"replimesh sync --path {ROOT}/tree/d00000/f0000000"))
-        on(lab, first, as_sync_user("replimesh watch --detach"))
+        deadline = time.monotonic() + 600
+        while len(watcher_rounds(lab, first)) == before:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{first.name}: no round of its watcher for the change")
+            time.sleep(0.5)
+        line = watcher_rounds(lab, first)[before]
+        seconds = float(line.rsplit("(", 1)[1].split()[0])
+        code = 0 if "(1 path(s))" in line and "failed" not in line else 1
         on(lab, first, as_sync_user("replimesh sync"))   # the pairs found equal again
     else:
         seconds, code = 0.0, 0
@@ -106,6 +111,12 @@ def measure(lab, nodes, kind, files, number):
             seconds, code = seconds + took, max(code, status)
     return {"nodes": len(nodes), "files": files, "kind": kind, "seconds": seconds,
             "exit": code}
+
+
+def watcher_rounds(lab, node):
+    """The lines of node's watcher log that tell a round."""
+    return [line for line in on(lab, node, "cat /var/log/replimesh/watch.log").splitlines()
+            if " - round for " in line]
 
 
 def medians(results, size, files, kind):
