@@ -84,8 +84,11 @@ def change(root, rng, step):
         os.rename(temporary, target)
 
 
-def compare(partial, full):
-    assert partial.index == full.index
+def compare(partial, previous, full):
+    """A partial walk, applied to the index it started from, against a whole walk."""
+    applied = {p: e for p, e in previous.items() if p not in partial.removed}
+    applied.update(partial.index)
+    assert applied == full.index
     assert partial.files == full.files
     assert sorted(partial.gone) == sorted(full.gone)
     assert sorted(partial.replaced) == sorted(full.replaced)
@@ -103,15 +106,17 @@ def test_a_walk_of_what_the_events_name_finds_what_a_whole_walk_finds(tmp_path, 
         watched = Tree(notify, str(root))
         watched.start()
         rng = random.Random(seed)
-        previous = tree.walk(str(root), {}).index
+        previous = tree.Indexed(tree.walk(str(root), {}).index)
         for step in range(STEPS):
             for number in range(rng.randint(1, 3)):
                 change(str(root), rng, f"{step}-{number}")
             paths = settle(notify, watched)
             assert "" not in paths   # no event lost
-            partial = tree.walk_paths(str(root), previous, paths)
-            compare(partial, tree.walk(str(root), previous))
-            previous = partial.index
+            partial = tree.walk_paths(str(root), previous, paths,
+                                      sum(1 for e in previous.values() if e[0] != "d"))
+            whole = tree.walk(str(root), previous)
+            compare(partial, previous, whole)
+            previous = tree.Indexed(whole.index)
     finally:
         notify.close()
 
@@ -214,6 +219,8 @@ def test_observe_walks_only_what_the_journal_names_and_records_it_right(cfg, mon
     whole = tree.walk
     monkeypatch.setattr(tree, "walk", lambda *a: pytest.fail("a whole walk"))
     observed = replica_history.observe(cfg, root, guard=False)
-    assert observed.seen_go == 1 and set(observed.walk.index) == {"kept.txt"}
+    assert observed.seen_go == 1 and observed.walk.partial
+    assert observed.walk.removed == ["gone.txt"] and observed.walk.files == 1
     monkeypatch.setattr(tree, "walk", whole)
-    assert replica_history.load_index(cfg, root).keys() == {"kept.txt"}
+    with replica_history.index_of(cfg, root) as index:
+        assert index.all().keys() == {"kept.txt"} and index.files() == 1

@@ -120,7 +120,8 @@ def test_what_the_mesh_deleted_is_deleted_here_into_the_backup_area(cfg):
     with open(os.path.join(root, ".replimesh-backup/d/doomed.1"), encoding="utf-8") as kept:
         assert kept.read() == "x"
     assert replica.recorded_files(cfg, root) == 1
-    assert stays in {tree.version(p, e) for p, e in replica_history.load_index(cfg, root).items()}
+    with replica_history.index_of(cfg, root) as index:
+        assert stays in {tree.version(p, e) for p, e in index.all().items()}
 
 
 def test_a_newer_version_or_a_newer_file_in_a_deleted_folder_stays(cfg):
@@ -235,12 +236,12 @@ def test_after_a_session_that_brought_nothing_no_walk_is_needed(cfg, monkeypatch
     root = cfg.roots[0]
     put(root, "d/a", "a")
     first = tree.walk(root, {})
-    assert tree.settled(root, first.index, first.root_mtime)
+    assert tree.settled(root, tree.folders(first.index), first.root_mtime)
     put(root, "d/b", "b", mtime=T0)  # what Unison brings: a new name in a folder
-    assert not tree.settled(root, first.index, first.root_mtime)
+    assert not tree.settled(root, tree.folders(first.index), first.root_mtime)
     second = tree.walk(root, first.index)
     os.rename(os.path.join(root, "d/b"), os.path.join(root, "b"))
-    assert not tree.settled(root, second.index, second.root_mtime)
+    assert not tree.settled(root, tree.folders(second.index), second.root_mtime)
 
     replica_history.observe(cfg, root)
     monkeypatch.setattr(tree, "walk", lambda *a: pytest.fail("walked again"))

@@ -1,8 +1,9 @@
 """A replica's mesh-wide history on this node (see history.py): what this node saw go,
 the records heard from peers, and the deletions they call for, carried out.
 
-Files in replica_dir, per root: the index of the last walk (`.index.json`, written under
-the replica's lock only), when a walk last passed the deletion guard (`.walked`), and the
+Files in replica_dir, per root: the index of the last walk (`.index.sqlite`, written
+under the replica's lock only: replica_index.py), when a walk last passed the deletion
+guard and how far it read the watcher's journal (`.walked`), and the
 history (`.history.json`, written under its own lock, since the peer-list exchange
 merges peers' records without the replica's lock).
 Both only ever lose history when damaged (a deleted file may then come back): they are
@@ -14,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import history, markers, replica, state, tree
+from . import history, markers, replica, replica_index, state, tree
 from .config import Config
 from .errors import ConfigError
 from .history import DELETED, REPLACED, Fate, History
@@ -54,20 +56,25 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     last = _last_walk(cfg, root)
     if marker is not None and os.path.isdir(root) and last is not None and last[0] == marker:
         return Observed(tree.Walk({}, replica.recorded_files(cfg, root) or 0), unchanged=True)
-    saved = _read(_path(cfg, root, "index.json"))
-    indexed = isinstance(saved.get("index"), dict)
-    previous = saved["index"] if indexed else {}
-    reuse = fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s)
-    if not reuse and after_session:
-        mtime = saved.get("root_mtime")
-        reuse = isinstance(mtime, int) and tree.settled(root, previous, mtime)
-    if reuse:
-        files = sum(1 for entry in previous.values() if entry[0] != tree.FOLDER)
-        return Observed(tree.Walk(previous, files, root_mtime=saved.get("root_mtime", 0)))
-    # Only what the watcher's journal says changed since the last walk, if it can say.
-    paths, offset = markers.journaled(cfg, root, marker, last)
-    walk = (tree.walk_paths(root, previous, paths) if paths is not None and indexed
-            and os.path.isdir(root) else tree.walk(root, previous))
+    with index_of(cfg, root) as index:
+        reuse = fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s)
+        if not reuse and after_session and index.walked():
+            reuse = tree.settled(root, index.folders(), index.root_mtime())
+        if reuse:
+            return Observed(tree.Walk({}, index.files(), root_mtime=index.root_mtime()))
+        # Only what the watcher's journal says changed since the last walk, if it can.
+        paths, offset = markers.journaled(cfg, root, marker, last)
+        if paths is not None and index.walked() and os.path.isdir(root):
+            walk = tree.walk_paths(root, index, paths, index.files())
+        else:
+            walk = tree.walk(root, index.all())
+        return _record(cfg, root, walk, index, guard, marker, offset)
+
+
+def _record(cfg: Config, root: str, walk: tree.Walk, index: replica_index.Index,
+            guard: bool, marker: str | None, offset: int) -> Observed:
+    """What a walk found, kept: the versions gone into the history, the index, the
+    guard's count; unless the guard refuses the replica."""
     refusal = replica.check(cfg, root, walk.files) if guard else ""
     if refusal:
         with contextlib.suppress(FileNotFoundError):
@@ -80,8 +87,11 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     seen.update({v: Fate(REPLACED, now, cfg.node) for v in walk.replaced if history.valid(v)})
     if seen:
         add(cfg, root, seen)
-    if walk.changed or walk.root_mtime != saved.get("root_mtime"):
-        _save_index(cfg, root, walk)
+    if walk.partial:
+        if walk.changed or walk.root_mtime != index.root_mtime():
+            index.update(walk.removed, walk.index, walk.root_mtime)
+    elif walk.changed or walk.root_mtime != index.root_mtime() or not index.walked():
+        index.replace(walk.index, walk.root_mtime)
     # Its time: when a walk of the replica last passed the guard; in it, the marker read
     # before that walk (empty: none) and how far its journal was read.
     state.write_json(_path(cfg, root, "walked"), {"marker": marker or "", "journal": offset})
@@ -102,9 +112,7 @@ def apply(cfg: Config, root: str, observed: Observed) -> list[str]:
     if observed.unchanged and _read_text(_path(cfg, root, "applied")) == stamp:
         return []   # neither the replica nor its history changed since the last time
     deletions = history.deletions(load(cfg, root))
-    if observed.unchanged and deletions:
-        observed.walk.index, observed.unchanged = load_index(cfg, root), False
-    removed = _delete(cfg, root, observed, deletions)
+    removed = _delete(cfg, root, observed, deletions) if deletions else []
     with open(_path(cfg, root, "applied"), "w", encoding="ascii") as out:
         out.write(stamp)
     return removed
@@ -112,33 +120,34 @@ def apply(cfg: Config, root: str, observed: Observed) -> list[str]:
 
 def _delete(cfg: Config, root: str, observed: Observed,
             deletions: list[tuple[history.Version, Fate]]) -> list[str]:
-    index = observed.walk.index
     removed: list[str] = []
     emptied: set[str] = set()
-    for version, fate in deletions:
-        entry = index.get(version.path)
-        if entry is None or tree.version(version.path, entry) != version:
-            continue
-        path = os.path.join(root, version.path)
-        try:
-            if entry[0] == tree.FOLDER:
-                if os.listdir(path) or (version.path not in emptied
-                                        and os.lstat(path).st_mtime > fate.time):
-                    continue  # something inside, or made again after the deletion
-                os.rmdir(path)
-            elif tree.current(root, version.path) == version:  # not changed since the walk
-                replica.to_backup(root, version.path)
-            else:
+    with index_of(cfg, root) as index:
+        held = index.get_many(version.path for version, _ in deletions)
+        for version, fate in deletions:
+            entry = held.get(version.path)
+            if entry is None or tree.version(version.path, entry) != version:
                 continue
-        except OSError:
-            continue  # changed under our feet: the next session looks again
-        del index[version.path]
-        removed.append(version.path)
-        emptied.add(os.path.dirname(version.path))
-    if removed:
-        _save_index(cfg, root, observed.walk)
-        observed.walk.files = sum(1 for e in index.values() if e[0] != tree.FOLDER)
-        replica.record(cfg, root, observed.walk.files)
+            path = os.path.join(root, version.path)
+            try:
+                if entry[0] == tree.FOLDER:
+                    if os.listdir(path) or (version.path not in emptied
+                                            and os.lstat(path).st_mtime > fate.time):
+                        continue  # something inside, or made again after the deletion
+                    os.rmdir(path)
+                elif tree.current(root, version.path) == version:  # as the walk saw it
+                    replica.to_backup(root, version.path)
+                else:
+                    continue
+            except OSError:
+                continue  # changed under our feet: the next session looks again
+            del held[version.path]
+            removed.append(version.path)
+            emptied.add(os.path.dirname(version.path))
+        if removed:
+            index.update(removed, {})
+            observed.walk.files = index.files()
+            replica.record(cfg, root, observed.walk.files)
     observed.applied = removed
     return removed
 
@@ -228,15 +237,15 @@ def observe_if_free(cfg: Config, root: str) -> None:
 
 # Files.
 
-def load_index(cfg: Config, root: str) -> tree.Index:
-    index = _read(_path(cfg, root, "index.json")).get("index", {})
-    return index if isinstance(index, dict) else {}
-
-
-def _save_index(cfg: Config, root: str, walk: tree.Walk) -> None:
-    state.write_json(_path(cfg, root, "index.json"),
-                     {"root": root, "index": walk.index, "root_mtime": walk.root_mtime},
-                     compact=True)
+@contextlib.contextmanager
+def index_of(cfg: Config, root: str) -> Iterator[replica_index.Index]:
+    """The replica's index, open (replica_index.py)."""
+    os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
+    index = replica_index.Index(_path(cfg, root, "index.sqlite"))
+    try:
+        yield index
+    finally:
+        index.close()
 
 
 def _last_walk(cfg: Config, root: str) -> tuple[str, int] | None:

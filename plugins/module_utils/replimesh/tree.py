@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .history import DIRECTORY, Version
 
@@ -35,6 +37,10 @@ class Walk:
     temporary: list[str] = field(default_factory=list)      # Unison's temporary files
     changed: bool = False   # the index differs from the previous one
     root_mtime: int = 0     # of the root folder itself, before it was listed
+    # A walk of some paths only (walk_paths): index holds what it walked, removed the
+    # paths of the previous index that went.
+    partial: bool = False
+    removed: list[str] = field(default_factory=list)
 
 
 def version(path: str, entry: list) -> Version:
@@ -59,34 +65,37 @@ def walk(root: str, previous: Index) -> Walk:
     return done
 
 
-def walk_paths(root: str, previous: Index, paths: set[str]) -> Walk:
+def walk_paths(root: str, previous: Lookup, paths: set[str], files_before: int) -> Walk:
     """What walk() would find if nothing but paths (and what lies below them) changed
     since previous was made: those walked again, with the folders above them (their
-    times), the rest of previous taken as it is."""
-    done = Walk(dict(previous))
+    times), the rest of previous taken as it is. Its index holds the entries walked,
+    `removed` the entries of previous that went; files_before: previous's count."""
+    done = Walk({}, partial=True)
     with contextlib.suppress(OSError):
         done.root_mtime = os.lstat(root).st_mtime_ns
     tops = [p for p in outermost(paths) if p and not ignored(p)]
-    below = tuple(top + "/" for top in tops if previous.get(top, [FILE])[0] == FOLDER)
-    tops_set = set(tops)
-    before = {p: e for p, e in previous.items()
-              if p in tops_set or (below and p.startswith(below))}
-    for path in before:
-        del done.index[path]
+    before = previous.under(tops)
     for top in tops:
-        entry = _entry(os.path.join(root, top), previous.get(top))
+        entry = _entry(os.path.join(root, top), before.get(top))
         if entry is not None:
             done.index[top] = entry
             if entry[0] == FOLDER:
-                _walk_folder(os.path.join(root, top), top + "/", previous, done)
+                _walk_folder(os.path.join(root, top), top + "/", before, done)
         parts = top.split("/")
         for depth in range(1, len(parts)):   # an entry added or removed: a folder's time
             folder = "/".join(parts[:depth])
-            now = _entry(os.path.join(root, folder), previous.get(folder))
-            if now is not None and now[0] == FOLDER and folder in done.index:
-                done.index[folder] = now
-    done.files = sum(1 for entry in done.index.values() if entry[0] != FOLDER)
-    done.changed = done.index != previous
+            if folder in done.index:
+                continue
+            then, now = previous.get(folder), fingerprint(os.path.join(root, folder))
+            if then is not None and now is not None and now[0] == FOLDER:
+                done.index[folder] = [*now, DIRECTORY]
+                if done.index[folder] == then:
+                    del done.index[folder]   # as it was: nothing to write
+    done.removed = [p for p in before if p not in done.index]
+    # The folders above are folders: the files walked are those of the tops.
+    done.files = files_before - _files(before.values()) + _files(done.index.values())
+    done.changed = bool(done.removed) or any(before.get(p) != e for p, e in
+                                             done.index.items())
     for path, entry in before.items():
         now = done.index.get(path)
         if now is None:
@@ -94,6 +103,27 @@ def walk_paths(root: str, previous: Index, paths: set[str]) -> Walk:
         elif version(path, now) != version(path, entry):
             done.replaced.append(version(path, entry))
     return done
+
+
+def _files(entries: Iterable[list]) -> int:
+    return sum(1 for entry in entries if entry[0] != FOLDER)
+
+
+class Lookup(Protocol):
+    """An index as walk_paths reads it: in memory (Indexed) or stored (replica_index)."""
+
+    def get(self, path: str) -> list | None: ...
+
+    def under(self, tops: Iterable[str]) -> Index: ...
+
+
+class Indexed(dict):
+    """An index in memory, looked up as a stored one is."""
+
+    def under(self, tops: Iterable[str]) -> Index:
+        tops = set(tops)
+        below = tuple(top + "/" for top in tops)
+        return {p: e for p, e in self.items() if p in tops or (below and p.startswith(below))}
 
 
 def ignored(relative: str) -> bool:
@@ -179,13 +209,18 @@ def _entry(item: os.DirEntry | str, before: list | None) -> list | None:
     return [*fingerprint_now, digest]
 
 
-def settled(root: str, index: Index, root_mtime: int) -> bool:
-    """Whether no entry was added, removed or renamed under root since the walk that made
-    index (every folder's mtime is as it was then): a stat per folder, not per file.
-    Unison writes every file it brings through a rename, so a session that changed
-    nothing here leaves it true; a change of a file's content in place does not show."""
-    folders = [("", root_mtime)] + [(p, e[2]) for p, e in index.items() if e[0] == FOLDER]
-    for path, mtime in folders:
+def folders(index: Index) -> list[tuple[str, int]]:
+    """(path, mtime) of the folders of an index."""
+    return [(p, e[2]) for p, e in index.items() if e[0] == FOLDER]
+
+
+def settled(root: str, indexed: list[tuple[str, int]], root_mtime: int) -> bool:
+    """Whether no entry was added, removed or renamed under root since the walk that
+    indexed these folders (each one's mtime is as it was then): a stat per folder, not
+    per file. Unison writes every file it brings through a rename, so a session that
+    changed nothing here leaves it true; a change of a file's content in place does not
+    show."""
+    for path, mtime in [("", root_mtime), *indexed]:
         try:
             if os.lstat(os.path.join(root, path) if path else root).st_mtime_ns != mtime:
                 return False

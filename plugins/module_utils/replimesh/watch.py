@@ -52,7 +52,7 @@ class Changes:
         return set(self.paths), unsure - self.paths
 
 
-def news(root: str, index: tree.Index, paths: set[str]) -> set[str]:
+def news(root: str, index: tree.Lookup, paths: set[str]) -> set[str]:
     """The paths whose state is not the one the root's last walk indexed. A session
     walks the root when it ends (the caller holds the replica's lock, so none is under
     way), so what it moved away or changed the metadata of is indexed by then."""

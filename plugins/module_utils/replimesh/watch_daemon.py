@@ -208,8 +208,9 @@ class Watcher:
         session under way has ended and indexed what it wrote."""
         try:
             with replica.held(self.cfg, root, f"watcher of {self.cfg.node}",
-                              self.cfg.lock_wait):
-                return watch.news(root, replica_history.load_index(self.cfg, root), unsure)
+                              self.cfg.lock_wait), \
+                    replica_history.index_of(self.cfg, root) as index:
+                return watch.news(root, index, unsure)
         except replica.Busy:
             return unsure   # a session still holds it: count it all as news
 
