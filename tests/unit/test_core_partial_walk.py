@@ -224,3 +224,16 @@ def test_observe_walks_only_what_the_journal_names_and_records_it_right(cfg, mon
     monkeypatch.setattr(tree, "walk", whole)
     with replica_history.index_of(cfg, root) as index:
         assert index.all().keys() == {"kept.txt"} and index.files() == 1
+
+
+def test_whole_walks_keep_the_stored_index_equal_to_the_tree(cfg):
+    """No watcher: every walk is a whole one, and only the rows that differ are written."""
+    root = cfg.roots[0]
+    rng = random.Random(3)
+    for step in range(15):
+        for number in range(rng.randint(1, 3)):
+            change(root, rng, f"{step}-{number}")
+        replica_history.observe(cfg, root, guard=False)
+        with replica_history.index_of(cfg, root) as index:
+            assert index.all() == tree.walk(root, {}).index
+            assert index.files() == tree.walk(root, {}).files

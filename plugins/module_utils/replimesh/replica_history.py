@@ -64,17 +64,20 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
             return Observed(tree.Walk({}, index.files(), root_mtime=index.root_mtime()))
         # Only what the watcher's journal says changed since the last walk, if it can.
         paths, offset = markers.journaled(cfg, root, marker, last)
+        previous: tree.Index | None = None
         if paths is not None and index.walked() and os.path.isdir(root):
             walk = tree.walk_paths(root, index, paths, index.files())
         else:
-            walk = tree.walk(root, index.all())
-        return _record(cfg, root, walk, index, guard, marker, offset)
+            previous = index.all()
+            walk = tree.walk(root, previous)
+        return _record(cfg, root, walk, index, previous, guard, marker, offset)
 
 
 def _record(cfg: Config, root: str, walk: tree.Walk, index: replica_index.Index,
-            guard: bool, marker: str | None, offset: int) -> Observed:
-    """What a walk found, kept: the versions gone into the history, the index, the
-    guard's count; unless the guard refuses the replica."""
+            previous: tree.Index | None, guard: bool, marker: str | None,
+            offset: int) -> Observed:
+    """What a walk found, kept: the versions gone into the history, the index (previous:
+    all of it before a whole walk), the guard's count; unless the guard refuses."""
     refusal = replica.check(cfg, root, walk.files) if guard else ""
     if refusal:
         with contextlib.suppress(FileNotFoundError):
@@ -87,11 +90,15 @@ def _record(cfg: Config, root: str, walk: tree.Walk, index: replica_index.Index,
     seen.update({v: Fate(REPLACED, now, cfg.node) for v in walk.replaced if history.valid(v)})
     if seen:
         add(cfg, root, seen)
-    if walk.partial:
-        if walk.changed or walk.root_mtime != index.root_mtime():
-            index.update(walk.removed, walk.index, walk.root_mtime)
-    elif walk.changed or walk.root_mtime != index.root_mtime() or not index.walked():
+    if not index.walked():
         index.replace(walk.index, walk.root_mtime)
+    elif walk.changed or walk.root_mtime != index.root_mtime():
+        if previous is None:   # a walk of some paths: what it walked
+            index.update(walk.removed, walk.index, walk.root_mtime)
+        else:                  # a whole walk: only the rows that differ
+            index.update([p for p in previous if p not in walk.index],
+                         {p: e for p, e in walk.index.items() if previous.get(p) != e},
+                         walk.root_mtime)
     # Its time: when a walk of the replica last passed the guard; in it, the marker read
     # before that walk (empty: none) and how far its journal was read.
     state.write_json(_path(cfg, root, "walked"), {"marker": marker or "", "journal": offset})
