@@ -3,6 +3,7 @@ only what changed; the deletion guard keeps a wiped root from recording anything
 the history says was deleted is deleted here into the backup area, and nothing newer;
 the exchange's records are taken in, a hostile peer's refused."""
 
+import json
 import os
 import time
 
@@ -246,3 +247,18 @@ def test_after_a_session_that_brought_nothing_no_walk_is_needed(cfg, monkeypatch
     replica_history.observe(cfg, root)
     monkeypatch.setattr(tree, "walk", lambda *a: pytest.fail("walked again"))
     assert replica_history.observe(cfg, root, guard=False, after_session=True).walk.files == 2
+
+
+def test_the_json_index_of_an_older_release_is_taken_in_so_a_deletion_since_is_seen(cfg):
+    root = cfg.roots[0]
+    gone = put(root, "gone", "g")
+    put(root, "kept", "k")
+    walk = tree.walk(root, {})
+    os.makedirs(cfg.replica_dir, exist_ok=True)
+    old = replica.file_path(cfg, root, "index.json")
+    with open(old, "w", encoding="utf-8") as out:   # what the older release wrote
+        json.dump({"root": root, "index": walk.index, "root_mtime": walk.root_mtime}, out)
+    os.unlink(os.path.join(root, "gone"))
+    replica_history.observe(cfg, root)
+    assert records(cfg)[gone].kind == DELETED
+    assert not os.path.exists(old)

@@ -246,10 +246,20 @@ def observe_if_free(cfg: Config, root: str) -> None:
 
 @contextlib.contextmanager
 def index_of(cfg: Config, root: str) -> Iterator[replica_index.Index]:
-    """The replica's index, open (replica_index.py)."""
+    """The replica's index, open (replica_index.py). The JSON index of an older release
+    is taken into it once, then removed: its deletions since are not lost in the move."""
     os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
     index = replica_index.Index(_path(cfg, root, "index.sqlite"))
+    old = _path(cfg, root, "index.json")
     try:
+        if os.path.exists(old):
+            saved = _read(old)
+            entries = saved.get("index")
+            if not index.walked() and isinstance(entries, dict) and all(
+                    isinstance(e, list) and len(e) == 6 for e in entries.values()):
+                mtime = saved.get("root_mtime")
+                index.replace(entries, mtime if isinstance(mtime, int) else 0)
+            os.unlink(old)
         yield index
     finally:
         index.close()
