@@ -191,7 +191,7 @@ def test_a_busy_session_is_stopped_at_the_session_limit(tmp_path, monkeypatch):
 def test_a_replica_held_by_another_session_is_busy(tmp_path, monkeypatch, capsys):
     cfg = write_node(tmp_path, PEERS, unison=script(tmp_path, "unison", "exit 0\n"))[0]
     root = cfg.roots[0]
-    monkeypatch.setattr(serve, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(replica, "PEER_WAIT_S", 0.2)
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"replimesh-replica {root} -server")
     with replica.held(cfg, root, "round of node1 with node3", 0):
         assert serve.serve(cfg, "node2") == serve.EXIT_BUSY
@@ -317,3 +317,11 @@ def test_an_exchange_of_invalid_utf8_is_one_line(cfg, monkeypatch, capsys, tmp_p
     send(monkeypatch, tmp_path, b'{"format": 2, "peers": ["\xff\n"]}')
     assert serve.serve(cfg, "node2") == 1
     assert capsys.readouterr().err == "replimesh: peer list from node2 is not UTF-8 (byte 25)\n"
+
+
+def test_a_push_is_allowed_into_a_replica_of_the_node_only(cfg):
+    root = cfg.roots[0]
+    assert serve.check(cfg, "node2", f"replimesh-push {root}") == ["replimesh-push", root]
+    for command in ("replimesh-push /etc", f"replimesh-push {root} more", "replimesh-push"):
+        with pytest.raises(Refused):
+            serve.check(cfg, "node2", command)

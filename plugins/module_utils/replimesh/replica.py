@@ -36,6 +36,10 @@ from .errors import ReplimeshError
 BACKUP_DIR = tree.BACKUP_DIR
 # Below this many lost files, a partial loss is not a wiped disk (an emptied root is).
 GUARD_MIN_FILES = 10
+# A peer's session or push waits this long for a replica another session holds, then is
+# told it is busy: the client lets go of its own replica and tries again, so two rounds
+# that meet never wait on each other.
+PEER_WAIT_S = 2.0
 
 
 class Busy(ReplimeshError):
@@ -153,14 +157,21 @@ def check(cfg: Config, root: str, files: int | None = None) -> str:
 
 def to_backup(root: str, relative: str) -> str:
     """Move a file of the replica into its backup area, where Unison puts what a sync
-    deletes (a name already taken there gets a numbered one); the new path."""
+    deletes; the new path."""
+    candidate = backup_name(root, relative)
+    os.rename(os.path.join(root, relative), candidate)
+    return candidate
+
+
+def backup_name(root: str, relative: str) -> str:
+    """A free name in the backup area for a file of the replica (its path there, or a
+    numbered one when taken), its folders made."""
     target = os.path.join(root, BACKUP_DIR, relative)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     candidate, number = target, 1
     while os.path.lexists(candidate):
         candidate = f"{target}.{number}"
         number += 1
-    os.rename(os.path.join(root, relative), candidate)
     return candidate
 
 

@@ -73,11 +73,21 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
         return _record(cfg, root, walk, index, previous, guard, marker, offset)
 
 
+def observe_paths(cfg: Config, root: str, paths: list[str]) -> None:
+    """Walk paths that a peer's push just wrote (the caller holds the replica's lock):
+    indexed, the watcher finds them no news; what they replaced goes into the history."""
+    with index_of(cfg, root) as index:
+        if index.walked():
+            walk = tree.walk_paths(root, index, set(paths), index.files())
+            _record(cfg, root, walk, index, None, False, None, None)
+
+
 def _record(cfg: Config, root: str, walk: tree.Walk, index: replica_index.Index,
             previous: tree.Index | None, guard: bool, marker: str | None,
-            offset: int) -> Observed:
+            offset: int | None) -> Observed:
     """What a walk found, kept: the versions gone into the history, the index (previous:
-    all of it before a whole walk), the guard's count; unless the guard refuses."""
+    all of it before a whole walk), the guard's count; unless the guard refuses. offset
+    None: a walk of paths not from the journal, which leaves the last walk's record."""
     refusal = replica.check(cfg, root, walk.files) if guard else ""
     if refusal:
         with contextlib.suppress(FileNotFoundError):
@@ -101,7 +111,8 @@ def _record(cfg: Config, root: str, walk: tree.Walk, index: replica_index.Index,
                          walk.root_mtime)
     # Its time: when a walk of the replica last passed the guard; in it, the marker read
     # before that walk (empty: none) and how far its journal was read.
-    state.write_json(_path(cfg, root, "walked"), {"marker": marker or "", "journal": offset})
+    if offset is not None:
+        state.write_json(_path(cfg, root, "walked"), {"marker": marker or "", "journal": offset})
     if walk.files != replica.recorded_files(cfg, root):
         replica.record(cfg, root, walk.files)
     for relative in walk.temporary:  # no session runs (we hold the lock): a killed one's

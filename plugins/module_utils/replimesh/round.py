@@ -23,10 +23,12 @@ from . import (
     markers,
     membership,
     peer_ssh,
+    push,
     replica,
     replica_history,
     state,
     swarm_mesh,
+    tree,
     unison,
 )
 from . import peers as peer_list
@@ -96,6 +98,9 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
         extra = ("-confirmbigdel=false",)  # Unison's own guard would stop an emptied root
     reach = Reach(cfg, [e for e in peer_list.rotated(peers, cfg.node)],
                   share=exchange or len(scope) > 1)
+    # What the peers are believed to hold of the paths to push, before any walk of them.
+    before = {root: push.bases(cfg, root, paths) for root, paths in scope.items()
+              if paths and os.path.isdir(root)}
     results: list[PeerResult] = []
     incoming: dict[str, list[int]] = {}  # root -> changes in from each peer, in order
     histories: dict[str, list[int]] = {}  # root -> history records new from each peer
@@ -111,7 +116,8 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
         # may not have moved yet (the watcher counts the change a moment later).
         changed = {root for root, counts in incoming.items() if any(counts)}
         result = sync_peer(cfg, pending[0], exchange, incoming=came_in, heard=heard,
-                           extra=extra, scope=scope, reach=reach, changed=changed)
+                           extra=extra, scope=scope, reach=reach, changed=changed,
+                           before=before)
         for root in scope:
             incoming.setdefault(root, []).append(came_in.get(root, 0))
             histories.setdefault(root, []).append(heard.get(root, 0))
@@ -131,7 +137,8 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
             tell = any(n for root in roots for n in histories[root][index + 1:])
             again = sync_peer(cfg, entry, exchange=exchange and tell,
                               address=result.address, extra=extra,
-                              scope={root: scope[root] for root in roots}, changed=set(roots))
+                              scope={root: scope[root] for root in roots}, changed=set(roots),
+                              before=before)
             merge(result, again)
             if progress:
                 again.message = "; ".join(m for m in ("second pass", again.message) if m)
@@ -211,12 +218,15 @@ class Reach:
 def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | None = None,
               incoming: dict[str, int] | None = None, heard: dict[str, int] | None = None,
               extra: tuple[str, ...] = (), scope: Scope | None = None,
-              reach: Reach | None = None, changed: set[str] = frozenset()) -> PeerResult:
+              reach: Reach | None = None, changed: set[str] = frozenset(),
+              before: dict[str, tree.Index] | None = None) -> PeerResult:
     """Sync the scope (every root in full by default) with one peer; note in
     incoming[root] how many changes came in from it (deletions the history made here
     included), in heard[root] how many history records were new. extra: more Unison
     arguments for every session. reach: the round's search for its peers' addresses.
-    changed: roots that changed earlier in the round, synced whatever their markers say."""
+    changed: roots that changed earlier in the round, synced whatever their markers say.
+    before: {root: the index entries of its scope's paths before the round}: those
+    paths are pushed (push.py), Unison syncing what the push leaves."""
     started = time.monotonic()
     scope = scope or {root: None for root in cfg.roots}
     roots = list(scope)
@@ -276,7 +286,8 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
             if incoming is not None:
                 incoming[root] = 0
             continue
-        outcome = sync_root(cfg, peer.name, address, root, (*extra, *paths(scope[root])))
+        outcome = sync_root(cfg, peer.name, address, root, extra, scope[root],
+                            (before or {}).get(root))
         session = outcome.failure or outcome.session
         if full:
             equal = (outcome.failure is None and outcome.session.exit_code == unison.EXIT_OK
@@ -319,20 +330,24 @@ class RootOutcome:
     incoming: int = 0
     settled: list[conflicts.Settled] = field(default_factory=list)
     deleted: int = 0
+    pushed: int = 0   # paths the push left as here on the peer, no session needed
 
 
 def sync_root(cfg: Config, peer: str, address: str, root: str,
-              extra: tuple[str, ...] = ()) -> RootOutcome:
-    """One root with one peer, holding the local replica's lock; while the peer's replica
-    is busy, let go of ours (so that two rounds never wait on each other) and try again
-    after a random pause, for at most cfg.lock_wait seconds in all."""
+              extra: tuple[str, ...] = (), only: list[str] | None = None,
+              before: tree.Index | None = None) -> RootOutcome:
+    """One root (only those of its paths, if given) with one peer, holding the local
+    replica's lock; while the peer's replica is busy, let go of ours (so that two rounds
+    never wait on each other) and try again after a random pause, for at most
+    cfg.lock_wait seconds in all. before: the peer's paths are pushed first (push.py)."""
     deadline = time.monotonic() + cfg.lock_wait
     pause = 0.5
     while True:
         try:
             with replica.held(cfg, root, f"round of {cfg.node} with {peer}",
                               max(0.0, deadline - time.monotonic())) as lock:
-                outcome = _sync_root_locked(cfg, peer, address, root, extra, lock)
+                outcome = _sync_root_locked(cfg, peer, address, root, extra, only, before,
+                                            lock)
         except replica.Busy as busy:
             return RootOutcome(unison.Session(unison.EXIT_FATAL, error=str(busy)))
         if not outcome.session.busy:
@@ -346,13 +361,25 @@ def sync_root(cfg: Config, peer: str, address: str, root: str,
 
 
 def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
-                      extra: tuple[str, ...], lock: int) -> RootOutcome:
+                      extra: tuple[str, ...], only: list[str] | None,
+                      before: tree.Index | None, lock: int) -> RootOutcome:
     observed = replica_history.observe(cfg, root, fresh_s=replica_history.FRESH_S)
     if observed.refusal:  # never sync a root that looks wiped or unmounted
         return RootOutcome(unison.Session(unison.EXIT_FATAL, error=observed.refusal))
     outcome = RootOutcome(unison.Session(unison.EXIT_OK))
     outcome.deleted = len(replica_history.apply(cfg, root, observed))
     replica.prune_backups(cfg, root)
+    if only and before is not None:
+        pushed = push.send(cfg, address, root, only, before)
+        if pushed.busy:
+            outcome.session = unison.Session(unison.EXIT_FATAL, error=pushed.busy, busy=True)
+            return outcome
+        outcome.files, outcome.bytes, outcome.pushed = pushed.files, pushed.bytes, \
+            len(pushed.done)
+        only = pushed.rest
+        if not only:
+            return outcome
+    extra = (*extra, *paths(only))
 
     def session(more: tuple[str, ...] = ()) -> unison.Session:
         done = unison.run(cfg, peer, root, address, (*extra, *more), lock=lock)

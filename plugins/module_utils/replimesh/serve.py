@@ -2,8 +2,8 @@
 
 sshd runs it instead of whatever the peer asked for, which arrives in
 SSH_ORIGINAL_COMMAND. Only replimesh's own verbs pass: the Unison server for one of
-this node's replicas (run under that replica's lock), the peer-list exchange, and
-the swarm offers.
+this node's replicas (run under that replica's lock), the push of a few files into one
+of them (push.py), the peer-list exchange, and the swarm offers.
 Anything else (a shell, scp, another program) is refused with a logged one-line reason
 and a non-zero exit.
 """
@@ -23,6 +23,7 @@ from . import (
     markers,
     membership,
     peer_input,
+    push,
     replica,
     replica_history,
     swarm_mesh,
@@ -35,10 +36,6 @@ from .errors import ConfigError
 # command naming the replica); newer releases may add flags of their own after it.
 UNISON_SERVER_FLAGS = {"__new-rpc-mode"}
 LOG = "serve.log"
-# A session waits this long for a replica another session holds, then is told it is
-# busy: the client lets go of its own replica and tries again, so two rounds that meet
-# never wait on each other.
-LOCK_WAIT_S = 2.0
 EXIT_BUSY = 75  # EX_TEMPFAIL
 
 
@@ -72,6 +69,10 @@ def check(cfg: Config, peer: str, original_command: str | None) -> list[str]:
                       "replimesh; deploy it with playbooks/site.yml")
     if argv == membership.EXCHANGE.split():
         return [membership.EXCHANGE]
+    if len(argv) == 2 and argv[0] == push.VERB:
+        if argv[1] not in cfg.roots:
+            raise Refused(f"{argv[1]} is not a replica of {cfg.node}")
+        return argv   # [push.VERB, root]
     if " ".join(argv) in swarm_mesh.VERBS:
         return [" ".join(argv)]
     raise Refused(f"command not allowed: {original_command[:200]!r}")
@@ -86,13 +87,15 @@ def serve(cfg: Config, peer: str) -> int:
         journal.append(cfg, LOG, f"refused {peer}: {refusal}")
         print(f"replimesh: refused: {journal.one_line(str(refusal))}", file=sys.stderr)
         return 1
-    if argv[0] == membership.EXCHANGE or argv[0] in swarm_mesh.VERBS:
+    if argv[0] in (membership.EXCHANGE, push.VERB) or argv[0] in swarm_mesh.VERBS:
         try:
-            _confine_verb(cfg)
+            _confine_verb(cfg, writable=argv[1:] if argv[0] == push.VERB else None)
         except confine.Unavailable as why:
             return _refuse_unconfined(cfg, peer, why, "replimesh: refused: ")
         if argv[0] == membership.EXCHANGE:
             return _exchange(cfg, peer)
+        if argv[0] == push.VERB:
+            return _push(cfg, peer, argv[1])
         return _swarm(cfg, peer, argv[0])
     return _unison_server(cfg, peer, argv[1], [argv[0], *argv[2:]])
 
@@ -116,7 +119,7 @@ def _unison_server(cfg: Config, peer: str, root: str, argv: list[str]) -> int:
     except confine.Unavailable as why:
         return _refuse_unconfined(cfg, peer, why, unison.REFUSED)
     try:
-        fd = replica.acquire(cfg, root, f"session from {peer}", LOCK_WAIT_S)
+        fd = replica.acquire(cfg, root, f"session from {peer}", replica.PEER_WAIT_S)
     except replica.Busy as busy:
         journal.append(cfg, LOG, f"busy for {peer}: {busy}")
         print(f"{unison.BUSY}{busy}", file=sys.stderr)
@@ -169,17 +172,18 @@ VERB_READ = ["/etc/ssl/openssl.cnf"]
 VERB_TMP = ".tmp"  # in the mesh folder: signatures being checked
 
 
-def _confine_verb(cfg: Config) -> None:
+def _confine_verb(cfg: Config, writable: list[str] | None = None) -> None:
     """Before a byte of the peer's request is read, restrict this process to what the
-    exchange and the swarm verbs touch: they write the mesh folder (peer list, its lock,
-    known_hosts), the replicas' records, the swarm's offers and the logs; they read the
-    code, the system, the operator's key and the replicas (walked for what was deleted
-    here). The node's keys, Unison's archives and /etc/replimesh stay out of reach.
-    Nothing when confinement is turned off; Unavailable when it cannot be done."""
+    exchange, the push and the swarm verbs touch: they write the mesh folder (peer list,
+    its lock, known_hosts), the replicas' records, the swarm's offers and the logs (and
+    writable: the replica a push writes); they read the code, the system, the
+    operator's key and the replicas (walked for what was deleted here). The node's keys,
+    Unison's archives and /etc/replimesh stay out of reach. Nothing when confinement is
+    turned off; Unavailable when it cannot be done."""
     if not cfg.confine:
         return
     mesh = {os.path.dirname(cfg.peers_file), os.path.dirname(cfg.known_hosts)}
-    write = [*mesh, cfg.log_dir, cfg.replica_dir, cfg.swarm_dir, "/dev/null"]
+    write = [*mesh, cfg.log_dir, cfg.replica_dir, cfg.swarm_dir, "/dev/null", *(writable or [])]
     read = [*SYSTEM_READ, *VERB_READ, sys.prefix, sys.base_prefix, CODE_DIR,
             cfg.operator_signers, *cfg.roots]
     keys = os.path.dirname(cfg.swarm_signing_key)
@@ -223,6 +227,18 @@ def _exchange(cfg: Config, peer: str) -> int:
         print(f"replimesh: {journal.one_line(str(error))}", file=sys.stderr)
         return 1
     journal.append(cfg, LOG, f"accepted {peer}: peer list exchange")
+    sys.stdout.write(answer)
+    return 0
+
+
+def _push(cfg: Config, peer: str, root: str) -> int:
+    try:
+        answer = push.answer(cfg, peer, root, sys.stdin.fileno())
+    except ConfigError as error:
+        journal.append(cfg, LOG, f"push from {peer} on {root} refused: {error}")
+        print(f"replimesh: {journal.one_line(str(error))}", file=sys.stderr)
+        return 1
+    journal.append(cfg, LOG, f"accepted {peer}: push on {root}")
     sys.stdout.write(answer)
     return 0
 
