@@ -8,7 +8,8 @@ Within sharing(), connect() opens one SSH connection to a peer (OpenSSH's connec
 sharing: a master process, its socket in a private folder); every later call and Unison
 session to that address runs as a session of it, so a round pays one handshake (and
 one login's key lookup on the peer) per peer instead of one per call. The peer's sshd
-still forces `replimesh serve` on every session of it.
+still forces `replimesh serve` on every session of it. A round's connections close at
+its end; the watcher's stay open between its rounds while in use (close_idle).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import children, peer_input
 from .config import Config
@@ -48,6 +49,7 @@ _NETWORK = ("Connection refused", "Connection timed out", "No route to host",
 class Master:
     process: subprocess.Popen
     socket: str
+    used: float = field(default_factory=time.monotonic)   # when a call last ran over it
 
 
 def options(cfg: Config, address: str | None = None) -> list[str]:
@@ -59,6 +61,7 @@ def options(cfg: Config, address: str | None = None) -> list[str]:
             "-o", f"UserKnownHostsFile={cfg.known_hosts}", "-p", str(cfg.ssh_port)]
     master = _shared.get(address or "")
     if master is not None and master.process.poll() is None:
+        master.used = time.monotonic()
         argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={master.socket}"]
     return argv
 
@@ -77,25 +80,40 @@ def sharing() -> Iterator[None]:
     try:
         yield
     finally:
-        for master in _shared.values():
-            master.process.terminate()
-        for master in _shared.values():
-            try:
-                master.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                master.process.kill()
-                master.process.wait()
-        _shared.clear()
+        close_idle(-1.0)
         shutil.rmtree(_folder.pop(), ignore_errors=True)
+
+
+def close_idle(seconds: float) -> None:
+    """Close the shared connections unused for more than seconds (and those gone)."""
+    now = time.monotonic()
+    idle = [a for a, m in _shared.items()
+            if m.process.poll() is not None or now - m.used > seconds]
+    for address in idle:
+        _shared[address].process.terminate()
+    for address in idle:
+        master = _shared.pop(address)
+        try:
+            master.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            master.process.kill()
+            master.process.wait()
 
 
 def connect(cfg: Config, address: str) -> str:
     """Open the shared connection to address (within sharing(); once): "" when it is up
     (or not within sharing()), else ssh's reason; the calls then connect by themselves."""
-    if not _folder or address in _shared:
+    if not _folder:
         return ""
+    master = _shared.get(address)
+    if master is not None:
+        if master.process.poll() is None:
+            return ""
+        del _shared[address]   # it ended (the peer restarted?): connect again
     # Named after the address: rounds connect to their peers side by side (threads).
     socket = os.path.join(_folder[0], hashlib.sha256(address.encode()).hexdigest()[:16])
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket)   # an ended master's
     argv = [cfg.ssh, *options(cfg), "-N", "-o", "ControlMaster=yes",
             "-o", f"ControlPath={socket}", "-o", "ControlPersist=no",
             f"{cfg.user}@{address}"]

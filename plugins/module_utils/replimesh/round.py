@@ -126,7 +126,11 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
             progress(result)
         peers = membership.load(cfg)
     if second_pass:
-        news = {root: [a + b for a, b in zip(incoming[root], histories[root])]
+        # Records heard go on to the peers before in a full round; a watcher's round for
+        # some paths leaves them to the next exchange (they are the peers' own records
+        # of what the push replaced, no news to anyone).
+        news = {root: [a + (b if scope[root] is None else 0)
+                       for a, b in zip(incoming[root], histories[root])]
                 for root in incoming}
         for index, roots in behind(news, results).items():
             result = results[index]

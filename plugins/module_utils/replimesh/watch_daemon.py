@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 
-from . import daemons, inotify, journal, markers, replica, replica_history, watch
+from . import daemons, inotify, journal, markers, peer_ssh, replica, replica_history, watch
 from .config import Config
 from .errors import ReplimeshError
 from .round import FAILED, PeerResult, run_round
@@ -28,6 +28,10 @@ HOUSEKEEPING_S = 5.0
 RETRY_WATCHES_S = 600.0
 # A round that failed with a peer runs again after this, doubling up to RETRY_LAST_S.
 RETRY_FIRST_S, RETRY_LAST_S = 2.0, 60.0
+# A peer's SSH connection stays open this long after the watcher's last use of it: a
+# burst of rounds pays one handshake per peer, not one per round (over a second each on
+# a busy node).
+KEEP_CONNECTIONS_S = 120.0
 
 
 def lock_path(cfg: Config) -> str:
@@ -65,6 +69,7 @@ class Watcher:
                     self.watch_all()
                 continue
             self.wait_for_events()
+            peer_ssh.close_idle(KEEP_CONNECTIONS_S)
             self.look_for_missing_roots()
             due = self.take_due()
             if due:
@@ -274,4 +279,5 @@ def _main(cfg: Config) -> int:
     watcher = Watcher(cfg)
     signal.signal(signal.SIGTERM, watcher.stop)
     signal.signal(signal.SIGINT, watcher.stop)
-    return watcher.run()
+    with peer_ssh.sharing():   # its rounds' connections outlive each round
+        return watcher.run()
