@@ -237,3 +237,21 @@ def test_whole_walks_keep_the_stored_index_equal_to_the_tree(cfg):
         with replica_history.index_of(cfg, root) as index:
             assert index.all() == tree.walk(root, {}).index
             assert index.files() == tree.walk(root, {}).files
+
+
+@pytest.mark.parametrize("reuse", [{"fresh_s": 60}, {"after_session": True}])
+def test_what_the_journal_names_is_walked_even_right_after_a_walk(cfg, reuse):
+    """A walk may be taken as it is right after another one (a session after the
+    exchange's walk), but not past what the journal says changed since: a file made
+    then and left out of the index would be pushed as new, and its deletion as nothing
+    to delete (a Unison session then brought it back from the peers)."""
+    root = cfg.roots[0]
+    keeper = markers.Keeper(cfg)
+    keeper.start()
+    replica_history.observe(cfg, root)
+    with open(os.path.join(root, "made.txt"), "w", encoding="utf-8") as out:
+        out.write("made just now")
+    keeper.changed(root, {"made.txt"})
+    replica_history.observe(cfg, root, guard=False, **reuse)
+    with replica_history.index_of(cfg, root) as index:
+        assert "made.txt" in index.all()

@@ -45,10 +45,11 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     """Walk the replica (the caller holds its lock): record the versions that went since
     the last walk as this node's, and the file count for the deletion guard. With guard,
     a replica that looks wiped records nothing (its losses are not deletions to spread)
-    and says why in refusal. fresh_s: a walk that passed the guard less than that many
-    seconds ago is taken as it is (a session right after the exchange's walk).
-    after_session: the last walk is taken as it is if no folder changed since (a session
-    that brought nothing), checked with a stat per folder. Whenever the root's change
+    and says why in refusal. What the watcher's journal names is walked, and nothing
+    else; without it, fresh_s: a walk that passed the guard less than that many seconds
+    ago is taken as it is (a session right after the exchange's walk); after_session:
+    the last walk is taken as it is if no folder changed since (a session that brought
+    nothing), checked with a stat per folder. Whenever the root's change
     marker is the one read before the last walk that passed the guard, nothing changed
     since: no walk, and the index is not even read."""
     os.makedirs(cfg.replica_dir, mode=0o700, exist_ok=True)
@@ -57,20 +58,20 @@ def observe(cfg: Config, root: str, guard: bool = True, fresh_s: float = 0,
     if marker is not None and os.path.isdir(root) and last is not None and last[0] == marker:
         return Observed(tree.Walk({}, replica.recorded_files(cfg, root) or 0), unchanged=True)
     with index_of(cfg, root) as index:
+        # Only what the watcher's journal says changed since the last walk, if it can:
+        # cheap, so never skipped (the index must hold what a push reads as the peers').
+        paths, offset = markers.journaled(cfg, root, marker, last)
+        if paths is not None and index.walked() and os.path.isdir(root):
+            walk = tree.walk_paths(root, index, paths, index.files())
+            return _record(cfg, root, walk, index, None, guard, marker, offset)
         reuse = fresh_s and os.path.isdir(root) and _passed_within(cfg, root, fresh_s)
         if not reuse and after_session and index.walked():
             reuse = tree.settled(root, index.folders(), index.root_mtime())
         if reuse:
             return Observed(tree.Walk({}, index.files(), root_mtime=index.root_mtime()))
-        # Only what the watcher's journal says changed since the last walk, if it can.
-        paths, offset = markers.journaled(cfg, root, marker, last)
-        previous: tree.Index | None = None
-        if paths is not None and index.walked() and os.path.isdir(root):
-            walk = tree.walk_paths(root, index, paths, index.files())
-        else:
-            previous = index.all()
-            walk = tree.walk(root, previous)
-        return _record(cfg, root, walk, index, previous, guard, marker, offset)
+        previous = index.all()
+        return _record(cfg, root, tree.walk(root, previous), index, previous, guard, marker,
+                       offset)
 
 
 def observe_paths(cfg: Config, root: str, paths: list[str]) -> None:
