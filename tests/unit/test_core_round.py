@@ -396,3 +396,12 @@ def test_a_peer_ssh_cannot_reach_is_unreachable_and_one_it_refuses_is_failed(
     assert (outcome.result == UNREACHABLE) == (result == UNREACHABLE)
     assert said in outcome.message
     assert (len(calls_of(calls)) if calls.exists() else 0) == sessions
+
+
+def test_a_peer_syncs_by_unison_only_what_the_push_left():
+    from plugins.module_utils.replimesh.push import Pushed
+    scope = {"/a": ["x", "y"], "/b": None, "/c": ["z"]}
+    gave = {"/a": Pushed(done=["x"], rest=["y"]), "/c": Pushed(done=["z"])}
+    assert sync_round._left(scope, gave) == {"/a": ["y"], "/b": None}
+    assert sync_round._left(scope, None) == scope
+    assert sync_round._left({"/c": ["z"]}, {"/c": Pushed(done=["z"])}) == {}

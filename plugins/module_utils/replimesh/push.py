@@ -26,6 +26,7 @@ import os
 import secrets
 import shlex
 import stat
+import time
 from dataclasses import dataclass, field
 
 from . import peer_input, peer_ssh, replica, replica_history, tree
@@ -49,8 +50,8 @@ class Pushed:
     rest: list[str] = field(default_factory=list)   # left to a Unison session
     files: int = 0      # files the peer wrote or deleted
     bytes: int = 0
-    busy: str = ""      # the peer's replica was held by another session: nothing done
-    problem: str = ""   # why nothing was pushed (an older peer, a refusal)
+    duration: float = 0.0
+    problem: str = ""   # why nothing was pushed (an older peer, a refusal, busy)
 
 
 def bases(cfg: Config, root: str, paths: list[str]) -> tree.Index:
@@ -60,28 +61,30 @@ def bases(cfg: Config, root: str, paths: list[str]) -> tree.Index:
         return index.get_many(paths) if index.walked() else {}
 
 
-def send(cfg: Config, address: str, root: str, paths: list[str],
-         before: tree.Index) -> Pushed:
-    """Push paths of root to the peer at address (this node holds the replica's lock)."""
-    message, entries, left = prepare(root, paths, before)
-    pushed = Pushed(rest=left)
+def deliver(cfg: Config, address: str, root: str, message: bytes, entries: list[dict],
+            left: list[str]) -> Pushed:
+    """Send a message of prepare() to the peer at address; what it did."""
+    started = time.monotonic()
+    pushed = Pushed(rest=list(left))
     if not entries:
         return pushed
+    sent = {e["path"]: e for e in entries}
     try:
         said = peer_ssh.call(cfg, address, shlex.join([VERB, root]), message,
                              MAX_ANSWER_BYTES, "the peer's answer to a push", "push not taken")
         answer = peer_input.loads(peer_input.decode(said, "push answer"), "push answer")
-    except ConfigError as error:   # an older peer, a refusal: all by Unison
-        pushed.rest, pushed.problem = list(paths), str(error)
+    except ConfigError as error:   # an older peer, a refusal, gone: all by Unison
+        pushed.rest += list(sent)
+        pushed.problem = str(error)
         return pushed
+    finally:
+        pushed.duration = round(time.monotonic() - started, 2)
     if not isinstance(answer, dict):
         answer = {}
-    sent = {e["path"]: e for e in entries}
     done, written = answer.get("done"), answer.get("written")
     pushed.done = sorted({p for p in (done if isinstance(done, list) else [])
                           if isinstance(p, str) and p in sent})
     pushed.rest += [p for p in sent if p not in pushed.done]
-    pushed.busy = str(answer.get("busy") or "")[:500]
     for path in set(written if isinstance(written, list) else []):
         if isinstance(path, str) and path in pushed.done:
             pushed.files += 1
@@ -176,7 +179,7 @@ def answer(cfg: Config, peer: str, root: str, fd: int) -> str:
     try:
         lock = replica.acquire(cfg, root, f"push from {peer}", replica.PEER_WAIT_S)
     except replica.Busy as busy:
-        return json.dumps({"done": [], "busy": str(busy)})
+        return json.dumps({"done": [], "busy": str(busy)})   # all by Unison, which waits
     try:
         observed = replica_history.observe(cfg, root, fresh_s=replica_history.FRESH_S)
         if observed.refusal:

@@ -28,7 +28,6 @@ from . import (
     replica_history,
     state,
     swarm_mesh,
-    tree,
     unison,
 )
 from . import peers as peer_list
@@ -98,9 +97,10 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
         extra = ("-confirmbigdel=false",)  # Unison's own guard would stop an emptied root
     reach = Reach(cfg, [e for e in peer_list.rotated(peers, cfg.node)],
                   share=exchange or len(scope) > 1)
-    # What the peers are believed to hold of the paths to push, before any walk of them.
-    before = {root: push.bases(cfg, root, paths) for root, paths in scope.items()
-              if paths and os.path.isdir(root)}
+    # A watcher's round: its changed files go to every peer at once (push.py), each
+    # peer's exchange and sessions below only for what the push left (mostly nothing).
+    pushed = {} if allow_deletions else _push_all(cfg, reach, peer_list.rotated(peers, cfg.node),
+                                                  scope)
     results: list[PeerResult] = []
     incoming: dict[str, list[int]] = {}  # root -> changes in from each peer, in order
     histories: dict[str, list[int]] = {}  # root -> history records new from each peer
@@ -115,9 +115,16 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
         # A root that changed in this round is synced with every later peer: its marker
         # may not have moved yet (the watcher counts the change a moment later).
         changed = {root for root, counts in incoming.items() if any(counts)}
-        result = sync_peer(cfg, pending[0], exchange, incoming=came_in, heard=heard,
-                           extra=extra, scope=scope, reach=reach, changed=changed,
-                           before=before)
+        gave = pushed.get(pending[0].name)   # {root: what the push did}, if pushed
+        left = _left(scope, gave)
+        if gave is not None and not left:
+            result = PeerResult(pending[0].name, reach.address(pending[0]) or "", OK, 0.0)
+        else:
+            result = sync_peer(cfg, pending[0], exchange, incoming=came_in, heard=heard,
+                               extra=extra, scope=left, reach=reach, changed=changed)
+        for done in (gave or {}).values():
+            result.files, result.bytes = result.files + done.files, result.bytes + done.bytes
+            result.duration = round(result.duration + done.duration, 2)
         for root in scope:
             incoming.setdefault(root, []).append(came_in.get(root, 0))
             histories.setdefault(root, []).append(heard.get(root, 0))
@@ -141,8 +148,7 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
             tell = any(n for root in roots for n in histories[root][index + 1:])
             again = sync_peer(cfg, entry, exchange=exchange and tell,
                               address=result.address, extra=extra,
-                              scope={root: scope[root] for root in roots}, changed=set(roots),
-                              before=before)
+                              scope={root: scope[root] for root in roots}, changed=set(roots))
             merge(result, again)
             if progress:
                 again.message = "; ".join(m for m in ("second pass", again.message) if m)
@@ -150,6 +156,54 @@ def _run_round(cfg: Config, progress: Callable[[PeerResult], None] | None, excha
     reach.pool.shutdown(wait=False)
     state.record(cfg.state_file, cfg.node, now(), [r.as_dict() for r in results])
     return results
+
+
+def _push_all(cfg: Config, reach: Reach, entries: list[Entry],
+              scope: Scope) -> dict[str, dict[str, push.Pushed]]:
+    """{peer: {root: what the push did}} for the roots of scope limited to some paths:
+    each root observed and its changed files read once, under its lock (what the peers
+    are believed to hold read before: the index at the round's start), then sent to
+    every reachable peer at once. A root whose lock is held, or that the deletion guard
+    refuses, is not pushed: its sessions say why."""
+    messages = {}
+    for root, paths in scope.items():
+        if not paths or not os.path.isdir(root):
+            continue
+        before = push.bases(cfg, root, paths)
+        try:
+            with replica.held(cfg, root, f"round of {cfg.node} (push)", cfg.lock_wait):
+                observed = replica_history.observe(cfg, root, fresh_s=replica_history.FRESH_S)
+                if observed.refusal:
+                    continue
+                replica_history.apply(cfg, root, observed)
+                messages[root] = push.prepare(root, paths, before)
+        except replica.Busy:
+            continue
+    if not messages or not entries:
+        return {}
+
+    def to(entry: Entry) -> dict[str, push.Pushed] | None:
+        address = reach.address(entry)
+        if address is None:
+            return None   # its sessions report it unreachable
+        return {root: push.deliver(cfg, address, root, *message)
+                for root, message in messages.items()}
+
+    with ThreadPoolExecutor(max_workers=min(16, len(entries))) as pool:
+        futures = {entry.name: pool.submit(to, entry) for entry in entries}
+        done = {name: future.result() for name, future in futures.items()}
+    return {name: gave for name, gave in done.items() if gave is not None}
+
+
+def _left(scope: Scope, gave: dict[str, push.Pushed] | None) -> Scope:
+    """What of scope a peer's sessions still sync after the push (gave, if any)."""
+    left: Scope = {}
+    for root, paths in scope.items():
+        if paths is None or gave is None or root not in gave:
+            left[root] = paths
+        elif gave[root].rest:
+            left[root] = gave[root].rest
+    return left
 
 
 def behind(incoming: dict[str, list[int]], results: list[PeerResult]) -> dict[int, list[str]]:
@@ -222,15 +276,12 @@ class Reach:
 def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | None = None,
               incoming: dict[str, int] | None = None, heard: dict[str, int] | None = None,
               extra: tuple[str, ...] = (), scope: Scope | None = None,
-              reach: Reach | None = None, changed: set[str] = frozenset(),
-              before: dict[str, tree.Index] | None = None) -> PeerResult:
+              reach: Reach | None = None, changed: set[str] = frozenset()) -> PeerResult:
     """Sync the scope (every root in full by default) with one peer; note in
     incoming[root] how many changes came in from it (deletions the history made here
     included), in heard[root] how many history records were new. extra: more Unison
     arguments for every session. reach: the round's search for its peers' addresses.
-    changed: roots that changed earlier in the round, synced whatever their markers say.
-    before: {root: the index entries of its scope's paths before the round}: those
-    paths are pushed (push.py), Unison syncing what the push leaves."""
+    changed: roots that changed earlier in the round, synced whatever their markers say."""
     started = time.monotonic()
     scope = scope or {root: None for root in cfg.roots}
     roots = list(scope)
@@ -290,8 +341,7 @@ def sync_peer(cfg: Config, peer: Entry, exchange: bool = True, address: str | No
             if incoming is not None:
                 incoming[root] = 0
             continue
-        outcome = sync_root(cfg, peer.name, address, root, extra, scope[root],
-                            (before or {}).get(root))
+        outcome = sync_root(cfg, peer.name, address, root, (*extra, *paths(scope[root])))
         session = outcome.failure or outcome.session
         if full:
             equal = (outcome.failure is None and outcome.session.exit_code == unison.EXIT_OK
@@ -334,24 +384,20 @@ class RootOutcome:
     incoming: int = 0
     settled: list[conflicts.Settled] = field(default_factory=list)
     deleted: int = 0
-    pushed: int = 0   # paths the push left as here on the peer, no session needed
 
 
 def sync_root(cfg: Config, peer: str, address: str, root: str,
-              extra: tuple[str, ...] = (), only: list[str] | None = None,
-              before: tree.Index | None = None) -> RootOutcome:
-    """One root (only those of its paths, if given) with one peer, holding the local
-    replica's lock; while the peer's replica is busy, let go of ours (so that two rounds
-    never wait on each other) and try again after a random pause, for at most
-    cfg.lock_wait seconds in all. before: the peer's paths are pushed first (push.py)."""
+              extra: tuple[str, ...] = ()) -> RootOutcome:
+    """One root with one peer, holding the local replica's lock; while the peer's replica
+    is busy, let go of ours (so that two rounds never wait on each other) and try again
+    after a random pause, for at most cfg.lock_wait seconds in all."""
     deadline = time.monotonic() + cfg.lock_wait
     pause = 0.5
     while True:
         try:
             with replica.held(cfg, root, f"round of {cfg.node} with {peer}",
                               max(0.0, deadline - time.monotonic())) as lock:
-                outcome = _sync_root_locked(cfg, peer, address, root, extra, only, before,
-                                            lock)
+                outcome = _sync_root_locked(cfg, peer, address, root, extra, lock)
         except replica.Busy as busy:
             return RootOutcome(unison.Session(unison.EXIT_FATAL, error=str(busy)))
         if not outcome.session.busy:
@@ -365,25 +411,13 @@ def sync_root(cfg: Config, peer: str, address: str, root: str,
 
 
 def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
-                      extra: tuple[str, ...], only: list[str] | None,
-                      before: tree.Index | None, lock: int) -> RootOutcome:
+                      extra: tuple[str, ...], lock: int) -> RootOutcome:
     observed = replica_history.observe(cfg, root, fresh_s=replica_history.FRESH_S)
     if observed.refusal:  # never sync a root that looks wiped or unmounted
         return RootOutcome(unison.Session(unison.EXIT_FATAL, error=observed.refusal))
     outcome = RootOutcome(unison.Session(unison.EXIT_OK))
     outcome.deleted = len(replica_history.apply(cfg, root, observed))
     replica.prune_backups(cfg, root)
-    if only and before is not None:
-        pushed = push.send(cfg, address, root, only, before)
-        if pushed.busy:
-            outcome.session = unison.Session(unison.EXIT_FATAL, error=pushed.busy, busy=True)
-            return outcome
-        outcome.files, outcome.bytes, outcome.pushed = pushed.files, pushed.bytes, \
-            len(pushed.done)
-        only = pushed.rest
-        if not only:
-            return outcome
-    extra = (*extra, *paths(only))
 
     def session(more: tuple[str, ...] = ()) -> unison.Session:
         done = unison.run(cfg, peer, root, address, (*extra, *more), lock=lock)
