@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 from . import (
     children,
@@ -217,29 +218,30 @@ def _exchange(cfg: Config, peer: str) -> int:
         for problem in problems:
             journal.append(cfg, LOG, f"exchange with {peer}: {problem}")
         return {**replica_history.attach(cfg), markers.KEY: changes}
-    try:
+    def answer() -> str:
         what = f"peer list from {peer}"
         sent = peer_input.decode(peer_input.read(sys.stdin.fileno(),
                                                  membership.MAX_EXCHANGE_BYTES, what), what)
-        answer = membership.answer_exchange(cfg, peer, sent, histories)
-    except ConfigError as error:
-        journal.append(cfg, LOG, f"exchange with {peer} failed: {error}")
-        print(f"replimesh: {journal.one_line(str(error))}", file=sys.stderr)
-        return 1
-    journal.append(cfg, LOG, f"accepted {peer}: peer list exchange")
-    sys.stdout.write(answer)
-    return 0
+        return membership.answer_exchange(cfg, peer, sent, histories)
+    return _reply(cfg, answer, f"exchange with {peer} failed",
+                  f"accepted {peer}: peer list exchange")
 
 
 def _push(cfg: Config, peer: str, root: str) -> int:
+    return _reply(cfg, lambda: push.answer(cfg, peer, root, sys.stdin.fileno()),
+                  f"push from {peer} on {root} refused", f"accepted {peer}: push on {root}")
+
+
+def _reply(cfg: Config, answer: Callable[[], str], refused: str, accepted: str) -> int:
+    """Write a verb's answer (and log accepted), or log and say why it was refused."""
     try:
-        answer = push.answer(cfg, peer, root, sys.stdin.fileno())
+        said = answer()
     except ConfigError as error:
-        journal.append(cfg, LOG, f"push from {peer} on {root} refused: {error}")
+        journal.append(cfg, LOG, f"{refused}: {error}")
         print(f"replimesh: {journal.one_line(str(error))}", file=sys.stderr)
         return 1
-    journal.append(cfg, LOG, f"accepted {peer}: push on {root}")
-    sys.stdout.write(answer)
+    journal.append(cfg, LOG, accepted)
+    sys.stdout.write(said)
     return 0
 
 
