@@ -51,7 +51,6 @@ class Pushed:
     files: int = 0      # files the peer wrote or deleted
     bytes: int = 0
     duration: float = 0.0
-    problem: str = ""   # why nothing was pushed (an older peer, a refusal, busy)
 
 
 def bases(cfg: Config, root: str, paths: list[str]) -> tree.Index:
@@ -73,9 +72,8 @@ def deliver(cfg: Config, address: str, root: str, message: bytes, entries: list[
         said = peer_ssh.call(cfg, address, shlex.join([VERB, root]), message,
                              MAX_ANSWER_BYTES, "the peer's answer to a push", "push not taken")
         answer = peer_input.loads(peer_input.decode(said, "push answer"), "push answer")
-    except ConfigError as error:   # an older peer, a refusal, gone: all by Unison
+    except ConfigError:   # an older peer, a refusal, gone: all by Unison, which says why
         pushed.rest += list(sent)
-        pushed.problem = str(error)
         return pushed
     finally:
         pushed.duration = round(time.monotonic() - started, 2)
