@@ -3,7 +3,11 @@ use and close when idle; one that ended is opened again, not taken as open. A sc
 stands in for ssh: it makes the control socket file and waits, as a master does."""
 
 import os
+import subprocess
+import threading
 import time
+
+import pytest
 
 from plugins.module_utils.replimesh import config, peer_ssh
 
@@ -41,3 +45,21 @@ def test_the_watchers_connections_close_when_idle_and_are_opened_again(tmp_path)
     assert peer_ssh._shared == {}
     with open(os.path.join(tmp_path, "masters"), encoding="utf-8") as made:
         assert len(made.read().split()) == 3
+
+
+def test_a_connection_opened_by_a_thread_outlives_the_thread(tmp_path):
+    # A round opens its peers' connections side by side from a pool whose threads end
+    # with the round; the kernel's parent-death signal follows the thread that started a
+    # child, so a master started by one of them died with it, and the watcher paid a
+    # handshake per peer on every round.
+    cfg = cfg_with_ssh(tmp_path)
+    with peer_ssh.sharing():
+        opener = threading.Thread(target=peer_ssh.connect, args=(cfg, "10.0.0.2"))
+        opener.start()
+        opener.join()
+        master = peer_ssh._shared["10.0.0.2"].process
+        with pytest.raises(subprocess.TimeoutExpired):   # not signalled to end
+            master.wait(timeout=0.5)
+        assert peer_ssh.connect(cfg, "10.0.0.2") == ""
+        assert peer_ssh._shared["10.0.0.2"].process is master
+    assert master.poll() is not None

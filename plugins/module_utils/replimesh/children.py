@@ -26,7 +26,8 @@ except (OSError, AttributeError):
 def tied(then: Callable[[], None] | None = None) -> Callable[[], None]:
     """A preexec_fn: in the child, before exec, have the kernel send it SIGTERM when this
     process dies (and exit at once if it already has); then run `then` (a sandbox to
-    enter), whose exception fails the start."""
+    enter), whose exception fails the start. The kernel watches the THREAD that started
+    the child: one started from a thread that ends (a pool's) is signalled then."""
     parent = os.getpid()
 
     def preexec() -> None:

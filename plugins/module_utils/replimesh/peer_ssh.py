@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import children, peer_input
@@ -36,6 +37,10 @@ ANSWER_WAIT_S = 60.0
 
 _shared: dict[str, Master] = {}   # address -> its master, within sharing()
 _folder: list[str] = []             # the sockets' private folder, within sharing()
+# The one thread that starts the masters, within sharing(): a child is tied to the thread
+# that started it (children.tied), and a round's connect() calls come from pool threads
+# that end with the round, while its connections may be kept for the next.
+_starter: list[ThreadPoolExecutor] = []
 MASTER_WAIT_S = 5.0                 # beyond the connect timeout, for the login
 SSH_FAILED = 255   # ssh's own exit status (a remote command's is its own)
 # What ssh says when it never reached the peer's sshd: the peer is unreachable, not
@@ -77,10 +82,12 @@ def sharing() -> Iterator[None]:
     except OSError:   # no writable temporary folder: every call connects by itself
         yield
         return
+    _starter.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssh-masters"))
     try:
         yield
     finally:
         close_idle(-1.0)
+        _starter.pop().shutdown()
         shutil.rmtree(_folder.pop(), ignore_errors=True)
 
 
@@ -117,8 +124,9 @@ def connect(cfg: Config, address: str) -> str:
     argv = [cfg.ssh, *options(cfg), "-N", "-o", "ControlMaster=yes",
             "-o", f"ControlPath={socket}", "-o", "ControlPersist=no",
             f"{cfg.user}@{address}"]
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, preexec_fn=children.tied())
+    process = _starter[0].submit(
+        subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, preexec_fn=children.tied()).result()
     deadline = time.monotonic() + cfg.connect_timeout + MASTER_WAIT_S
     while not os.path.exists(socket):
         if process.poll() is not None or time.monotonic() > deadline:
