@@ -233,19 +233,25 @@ def configure(lab, node, nodes, ids, root, delay_s):
 
 
 def set_delay(lab, nodes, delay_s):
-    """The folder's watcher delay on every node; a changed folder restarts and scans."""
-    since = time.time()
+    """The folder's watcher delay on every node. A changed folder restarts and scans;
+    one that has that delay already does not (so there is no scan to wait for)."""
+    since = {}
     for node in nodes:
-        on(lab, node, cli(f"config folders {FOLDER} fswatcher-delays set {delay_s}"))
+        setting = cli(f"config folders {FOLDER} fswatcher-delays")
+        if on(lab, node, f"{setting} get") != str(delay_s):
+            since[node.name] = time.time()
+            on(lab, node, f"{setting} set {delay_s}")
     wait_synced(lab, nodes, since)
 
 
-def wait_synced(lab, nodes, since=0.0, wait_s=SYNC_WAIT_S):
-    """Every node's folder idle and in sync with every device, within one deadline."""
+def wait_synced(lab, nodes, since=None, wait_s=SYNC_WAIT_S):
+    """Every node's folder idle and in sync with every device, within one deadline;
+    since (a time, or one per node name): scanned at or after it."""
     end = time.monotonic() + wait_s
     for node in nodes:
         left = max(1.0, end - time.monotonic())
-        said = rest(lab, node, "synced", since, left)
+        scanned = since.get(node.name, 0.0) if isinstance(since, dict) else since or 0.0
+        said = rest(lab, node, "synced", scanned, left)
         if said != "ok":
             raise SystemExit(f"{node.name}: Syncthing's folder not in sync within {wait_s} s "
                              f"({said}): see {HOME}/syncthing.log there")
