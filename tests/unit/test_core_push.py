@@ -7,6 +7,7 @@ the way) writes nothing where it should not."""
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -14,7 +15,9 @@ from plugins.module_utils.replimesh import config, push, replica_history, tree
 from plugins.module_utils.replimesh.errors import ConfigError
 from plugins.module_utils.replimesh.history import DELETED, Fate, Version
 
-T0 = 1_795_000_000
+# An hour ago: the records must be younger than the backup retention (they expire), and
+# older than what a test makes "now".
+T0 = int(time.time()) - 3600
 
 
 def node(tmp_path, name):

@@ -12,7 +12,9 @@ import pytest
 from plugins.module_utils.replimesh import config, history, replica, replica_history, tree
 from plugins.module_utils.replimesh.history import DELETED, REPLACED, Fate, Version
 
-T0 = 1_795_000_000
+# An hour ago: the records must be younger than the backup retention (they expire), and
+# older than what a test makes "now".
+T0 = int(time.time()) - 3600
 
 
 @pytest.fixture
