@@ -137,6 +137,33 @@ def test_a_full_round_with_nothing_changed_runs_no_session_and_says_so(nodes):
     assert everywhere(nodes, "unwatched.txt", "unwatched")   # node2 by the second pass
 
 
+COUNTED = "-p tcp --dport 22 --syn -m owner --uid-owner replimesh -m comment --comment counted"
+
+
+def ssh_connections_opened(node):
+    """How many TCP connections to an SSH port node's sync user opened since the rule
+    that counts them went in."""
+    listed = on(node, "iptables -L OUTPUT -v -x -n").stdout
+    return sum(int(line.split()[0]) for line in listed.splitlines() if "counted" in line)
+
+
+def test_a_round_from_the_command_line_uses_the_watchers_connections(nodes):
+    node2 = nodes["node2"]
+    before = rounds(node2)
+    write(node2, "shared.txt", "pushed over the watcher's connections")
+    wait_until(lambda: rounds(node2) != before, SPREAD_S, "node2's round done")
+    on(node2, f"iptables -I OUTPUT {COUNTED}")
+    try:
+        code, peers = LAB.sync(node2)
+        opened = ssh_connections_opened(node2)
+    finally:
+        on(node2, f"iptables -D OUTPUT {COUNTED}")
+    assert code == 0 and {p["result"] for p in peers.values()} == {"ok"}, peers
+    # One reachability probe per peer; no SSH handshake of its own (it would be one
+    # more connection per peer).
+    assert opened == len(peers) == 3
+
+
 def test_two_watchers_reacting_to_the_same_change_at_once_agree(nodes):
     writers = [threading.Thread(target=write, args=(nodes[name], "both.txt", f"from {name}"))
                for name in ("node1", "node2")]

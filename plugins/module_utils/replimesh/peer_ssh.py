@@ -10,6 +10,14 @@ session to that address runs as a session of it, so a round pays one handshake (
 one login's key lookup on the peer) per peer instead of one per call. The peer's sshd
 still forces `replimesh serve` on every session of it. A round's connections close at
 its end; the watcher's stay open between its rounds while in use (close_idle).
+
+The watcher keeps its connections in a fixed folder of the sync user (kept_folder), and
+the node's other processes (cron rounds, `replimesh sync`, the swarm daemon) run their
+calls and sessions over them too, so a full round pays no handshake while the watcher
+runs. Rounds of one node never overlap (the round lock); an idle connection is closed
+with `ssh -O stop`, which lets a session under way end. When the watcher stops, its
+connections end with it, and so do sessions over them (a round then fails for that peer,
+and the next one syncs it).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -36,12 +46,17 @@ ANSWER_WAIT_S = 60.0
 
 
 _shared: dict[str, Master] = {}   # address -> its master, within sharing()
+_draining: list[Master] = []        # stopped, ending with their last session
 _folder: list[str] = []             # the sockets' private folder, within sharing()
+_kept: list[bool] = []              # within sharing(): whether it is kept_folder
 # The one thread that starts the masters, within sharing(): a child is tied to the thread
 # that started it (children.tied), and a round's connect() calls come from pool threads
 # that end with the round, while its connections may be kept for the next.
 _starter: list[ThreadPoolExecutor] = []
 MASTER_WAIT_S = 5.0                 # beyond the connect timeout, for the login
+# A socket's path, with the random suffix ssh adds while it binds, must fit in sun_path
+# (108 bytes on Linux).
+MAX_SOCKET_PATH = 90
 SSH_FAILED = 255   # ssh's own exit status (a remote command's is its own)
 # What ssh says when it never reached the peer's sshd: the peer is unreachable, not
 # failing (a host key or a login refused is a failure).
@@ -54,6 +69,7 @@ _NETWORK = ("Connection refused", "Connection timed out", "No route to host",
 class Master:
     process: subprocess.Popen
     socket: str
+    ssh: str
     used: float = field(default_factory=time.monotonic)   # when a call last ran over it
 
 
@@ -61,45 +77,133 @@ def options(cfg: Config, address: str | None = None) -> list[str]:
     """The options of every SSH connection to a peer (besides the sync user's SSH client
     config): the known_hosts the node writes from the signed peer list, pinned here so
     that code and config always agree on it; the shared connection to address, if open
-    (when it is gone, ssh connects by itself)."""
+    or the watcher's (when it is gone, ssh connects by itself)."""
     argv = ["-o", f"ConnectTimeout={cfg.connect_timeout}", "-o", "BatchMode=yes",
             "-o", f"UserKnownHostsFile={cfg.known_hosts}", "-p", str(cfg.ssh_port)]
-    master = _shared.get(address or "")
+    if not address:
+        return argv
+    master = _shared.get(address)
     if master is not None and master.process.poll() is None:
         master.used = time.monotonic()
-        argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={master.socket}"]
+        shared = master.socket
+    else:
+        shared = None if _kept else _watchers(cfg, address)
+    if shared is not None:
+        argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={shared}"]
     return argv
 
 
+def kept_folder(cfg: Config) -> str:
+    """Where the watcher keeps its connections for the node's other processes."""
+    return os.path.join(os.path.dirname(cfg.state_file), "connections")
+
+
+def _socket_path(folder: str, address: str) -> str:
+    # Named after the address: rounds connect to their peers side by side (threads).
+    return os.path.join(folder, hashlib.sha256(address.encode()).hexdigest()[:16])
+
+
+def _watchers(cfg: Config, address: str) -> str | None:
+    """The socket of the watcher's connection to address, if there, in a folder that
+    only this user reaches (another user's socket there could be a man in the middle)."""
+    folder = kept_folder(cfg)
+    try:
+        folder_stat = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(folder_stat.st_mode) or folder_stat.st_uid != os.geteuid() \
+            or folder_stat.st_mode & 0o077:
+        return None
+    path = _socket_path(folder, address)
+    return path if os.path.exists(path) else None
+
+
+def _answers(path: str) -> bool:
+    """Whether a master listens on the socket (not one left by a master that ended)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
-def sharing() -> Iterator[None]:
-    """Connections opened by connect() within are shared, and closed at the end."""
+def sharing(cfg: Config | None = None, keep: bool = False) -> Iterator[None]:
+    """Connections opened by connect() within are shared, and closed at the end. keep
+    (the watcher's): in kept_folder(cfg), for the node's other processes too."""
     if _folder:   # already within: the outer block closes them
         yield
         return
+    kept = keep and cfg is not None and _make_kept_folder(cfg)
     try:
-        _folder.append(tempfile.mkdtemp(prefix="replimesh-ssh-"))
+        _folder.append(kept_folder(cfg) if kept else tempfile.mkdtemp(prefix="replimesh-ssh-"))
     except OSError:   # no writable temporary folder: every call connects by itself
         yield
         return
+    if kept:
+        _kept.append(True)
     _starter.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssh-masters"))
     try:
         yield
     finally:
         close_idle(-1.0)
         _starter.pop().shutdown()
-        shutil.rmtree(_folder.pop(), ignore_errors=True)
+        if _kept:
+            _kept.pop()
+            _clear(_folder.pop())
+        else:
+            shutil.rmtree(_folder.pop(), ignore_errors=True)
+
+
+def _make_kept_folder(cfg: Config) -> bool:
+    """Whether kept_folder(cfg) is ready for the watcher's sockets: this user's, mode
+    0700, emptied of a watcher's that ended, its sockets' paths short enough."""
+    folder = kept_folder(cfg)
+    if len(_socket_path(folder, "")) > MAX_SOCKET_PATH:
+        return False
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        made = os.lstat(folder)
+        if not stat.S_ISDIR(made.st_mode) or made.st_uid != os.geteuid():
+            return False   # a symbolic link, or another user's
+        os.chmod(folder, 0o700)
+        _clear(folder)
+    except OSError:
+        return False
+    return True
+
+
+def _clear(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
 
 
 def close_idle(seconds: float) -> None:
-    """Close the shared connections unused for more than seconds (and those gone)."""
+    """Close the shared connections unused for more than seconds (and those gone); all
+    of them, at once, when seconds < 0. The watcher's are stopped (`ssh -O stop`) and
+    reaped later: a session of another process under way over one ends first."""
     now = time.monotonic()
     idle = [a for a, m in _shared.items()
             if m.process.poll() is not None or now - m.used > seconds]
-    for address in idle:
-        _shared[address].process.terminate()
-    for address in idle:
-        master = _shared.pop(address)
+    closing = [_shared.pop(address) for address in idle]
+    if _kept and seconds >= 0:
+        for master in closing:
+            if master.process.poll() is None:
+                _stop(master)
+        _draining.extend(closing)
+        closing = [m for m in _draining if m.process.poll() is not None]
+    else:
+        closing += _draining
+    for master in closing:
+        if master in _draining:
+            _draining.remove(master)
+        if master.process.poll() is None:
+            master.process.terminate()
+    for master in closing:
         try:
             master.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -107,9 +211,19 @@ def close_idle(seconds: float) -> None:
             master.process.wait()
 
 
+def _stop(master: Master) -> None:
+    """Ask the master to take no new session and to end after its last; it removes its
+    socket."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run([master.ssh, "-o", f"ControlPath={master.socket}", "-O", "stop",
+                        "peer"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=5, check=False)
+
+
 def connect(cfg: Config, address: str) -> str:
     """Open the shared connection to address (within sharing(); once): "" when it is up
-    (or not within sharing()), else ssh's reason; the calls then connect by themselves."""
+    (or not within sharing(), or the watcher's is up), else ssh's reason; the calls
+    then connect by themselves."""
     if not _folder:
         return ""
     master = _shared.get(address)
@@ -117,25 +231,28 @@ def connect(cfg: Config, address: str) -> str:
         if master.process.poll() is None:
             return ""
         del _shared[address]   # it ended (the peer restarted?): connect again
-    # Named after the address: rounds connect to their peers side by side (threads).
-    socket = os.path.join(_folder[0], hashlib.sha256(address.encode()).hexdigest()[:16])
+    if not _kept:
+        watchers = _watchers(cfg, address)
+        if watchers is not None and _answers(watchers):
+            return ""
+    path = _socket_path(_folder[0], address)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket)   # an ended master's
+        os.unlink(path)   # an ended master's
     argv = [cfg.ssh, *options(cfg), "-N", "-o", "ControlMaster=yes",
-            "-o", f"ControlPath={socket}", "-o", "ControlPersist=no",
+            "-o", f"ControlPath={path}", "-o", "ControlPersist=no",
             f"{cfg.user}@{address}"]
     process = _starter[0].submit(
         subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, preexec_fn=children.tied()).result()
     deadline = time.monotonic() + cfg.connect_timeout + MASTER_WAIT_S
-    while not os.path.exists(socket):
+    while not os.path.exists(path):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             said = process.communicate()[1].decode(errors="replace").strip().splitlines()
             return said[-1] if said else f"ssh exited with status {process.returncode}"
         time.sleep(0.01)
     process.stderr.close()
-    _shared[address] = Master(process, socket)
+    _shared[address] = Master(process, path, cfg.ssh)
     return ""
 
 

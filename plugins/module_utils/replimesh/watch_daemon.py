@@ -279,5 +279,5 @@ def _main(cfg: Config) -> int:
     watcher = Watcher(cfg)
     signal.signal(signal.SIGTERM, watcher.stop)
     signal.signal(signal.SIGINT, watcher.stop)
-    with peer_ssh.sharing():   # its rounds' connections outlive each round
+    with peer_ssh.sharing(cfg, keep=True):   # its connections outlive each round, shared
         return watcher.run()
