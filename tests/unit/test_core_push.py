@@ -4,6 +4,7 @@ one kept in the backup area; what the peer changed itself is left to Unison; a h
 message (paths out of the replica, contents that are not what they claim, a symlink on
 the way) writes nothing where it should not."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import pytest
 from plugins.module_utils.replimesh import config, push, replica_history, tree
 from plugins.module_utils.replimesh.errors import ConfigError
 from plugins.module_utils.replimesh.history import DELETED, Fate, Version
+
+from .support import script
 
 # An hour ago: the records must be younger than the backup retention (they expire), and
 # older than what a test makes "now".
@@ -198,3 +201,31 @@ def test_deletions_that_would_empty_the_replica_are_left_to_unison(here, peer):
     changes = push.parse(message_, "test push")
     assert push.take(peer, peer.roots[0], changes, 20) == ([], [])
     assert sorted(os.listdir(peer.roots[0])) == sorted(files)
+
+
+# A peer's `replimesh-push`: busy the first `busy` times (a session held its replica),
+# then it takes the push.
+BUSY_PEER = """n=$(cat "$(dirname "$0")/calls" 2>/dev/null || echo 0); n=$((n + 1))
+echo $n > "$(dirname "$0")/calls"; cat > /dev/null
+if [ $n -le {busy} ]; then echo '{{"done": [], "busy": "held by a session"}}'
+else echo '{{"done": ["a.txt"], "written": ["a.txt"]}}'; fi
+"""
+
+
+def pushed_to_busy_peer(tmp_path, here, busy):
+    ssh = script(tmp_path, "ssh", BUSY_PEER.format(busy=busy))
+    cfg = dataclasses.replace(here, ssh=ssh, lock_wait=2)
+    put(here, "a.txt", "new")
+    message, entries, left = push.prepare(here.roots[0], ["a.txt"], {})
+    gave = push.deliver(cfg, "10.0.0.2", here.roots[0], message, entries, left)
+    return gave, int((tmp_path / "calls").read_text(encoding="utf-8"))
+
+
+def test_a_push_to_a_busy_peer_is_tried_again(tmp_path, here):
+    gave, calls = pushed_to_busy_peer(tmp_path, here, busy=1)
+    assert (gave.done, gave.rest, gave.files, calls) == (["a.txt"], [], 1, 2)
+
+
+def test_a_peer_busy_past_the_lock_wait_leaves_the_push_to_unison(tmp_path, here):
+    gave, calls = pushed_to_busy_peer(tmp_path, here, busy=99)
+    assert (gave.done, gave.rest) == ([], ["a.txt"]) and 2 <= calls < 99

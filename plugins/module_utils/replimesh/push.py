@@ -68,10 +68,18 @@ def deliver(cfg: Config, address: str, root: str, message: bytes, entries: list[
     if not entries:
         return pushed
     sent = {e["path"]: e for e in entries}
-    try:
+
+    def attempt(_left_s: float) -> object:
         said = peer_ssh.call(cfg, address, shlex.join([VERB, root]), message,
                              MAX_ANSWER_BYTES, "the peer's answer to a push", "push not taken")
-        answer = peer_input.loads(peer_input.decode(said, "push answer"), "push answer")
+        return peer_input.loads(peer_input.decode(said, "push answer"), "push answer")
+
+    try:
+        # A peer whose replica a session holds says busy: the same push again, as a
+        # session would be tried again (a Unison session instead would not know what
+        # this node held before its change).
+        answer, _ = replica.while_busy(
+            attempt, lambda said: isinstance(said, dict) and "busy" in said, cfg.lock_wait)
     except ConfigError:   # an older peer, a refusal, gone: all by Unison, which says why
         pushed.rest += list(sent)
         return pushed
@@ -177,7 +185,7 @@ def answer(cfg: Config, peer: str, root: str, fd: int) -> str:
     try:
         lock = replica.acquire(cfg, root, f"push from {peer}", replica.PEER_WAIT_S)
     except replica.Busy as busy:
-        return json.dumps({"done": [], "busy": str(busy)})   # all by Unison, which waits
+        return json.dumps({"done": [], "busy": str(busy)})   # the pusher tries again
     try:
         observed = replica_history.observe(cfg, root, fresh_s=replica_history.FRESH_S)
         if observed.refusal:

@@ -26,7 +26,8 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from . import state, tree
 from .config import Config
@@ -44,6 +45,26 @@ PEER_WAIT_S = 2.0
 
 class Busy(ReplimeshError):
     """Another session held the replica for longer than the wait allowed."""
+
+
+Tried = TypeVar("Tried")
+
+
+def while_busy(attempt: Callable[[float], Tried], busy: Callable[[Tried], bool],
+               wait_s: float) -> tuple[Tried, bool]:
+    """attempt(seconds left) again after a random, growing pause while busy(what it gave),
+    for at most wait_s in all: (what it gave last, whether that was still busy). The pause
+    is random so that two nodes turned away by each other do not meet again."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.5
+    while True:
+        tried = attempt(max(0.0, deadline - time.monotonic()))
+        if not busy(tried):
+            return tried, False
+        if time.monotonic() + pause > deadline:
+            return tried, True
+        time.sleep(random.uniform(pause / 2, pause))
+        pause = min(pause * 2, 8.0)
 
 
 def file_path(cfg: Config, root: str, suffix: str) -> str:

@@ -9,7 +9,6 @@ changed. Every session holds the replica's lock on both sides (see replica.py).
 from __future__ import annotations
 
 import os
-import random
 import socket
 import stat
 import time
@@ -391,23 +390,19 @@ def sync_root(cfg: Config, peer: str, address: str, root: str,
     """One root with one peer, holding the local replica's lock; while the peer's replica
     is busy, let go of ours (so that two rounds never wait on each other) and try again
     after a random pause, for at most cfg.lock_wait seconds in all."""
-    deadline = time.monotonic() + cfg.lock_wait
-    pause = 0.5
-    while True:
-        try:
-            with replica.held(cfg, root, f"round of {cfg.node} with {peer}",
-                              max(0.0, deadline - time.monotonic())) as lock:
-                outcome = _sync_root_locked(cfg, peer, address, root, extra, lock)
-        except replica.Busy as busy:
-            return RootOutcome(unison.Session(unison.EXIT_FATAL, error=str(busy)))
-        if not outcome.session.busy:
-            return outcome
-        if time.monotonic() + pause > deadline:
-            outcome.session.error = (f"{outcome.session.error}: still so after "
-                                     f"{cfg.lock_wait} s, gave up; the next round tries again")
-            return outcome
-        time.sleep(random.uniform(pause / 2, pause))
-        pause = min(pause * 2, 8.0)
+    def attempt(left_s: float) -> RootOutcome:
+        with replica.held(cfg, root, f"round of {cfg.node} with {peer}", left_s) as lock:
+            return _sync_root_locked(cfg, peer, address, root, extra, lock)
+
+    try:
+        outcome, gave_up = replica.while_busy(attempt, lambda o: o.session.busy,
+                                              cfg.lock_wait)
+    except replica.Busy as busy:
+        return RootOutcome(unison.Session(unison.EXIT_FATAL, error=str(busy)))
+    if gave_up:
+        outcome.session.error = (f"{outcome.session.error}: still so after "
+                                 f"{cfg.lock_wait} s, gave up; the next round tries again")
+    return outcome
 
 
 def _sync_root_locked(cfg: Config, peer: str, address: str, root: str,
