@@ -104,8 +104,8 @@ def _socket_path(folder: str, address: str) -> str:
 
 
 def _watchers(cfg: Config, address: str) -> str | None:
-    """The socket of the watcher's connection to address, if there, in a folder that
-    only this user reaches (another user's socket there could be a man in the middle)."""
+    """The socket of the watcher's connection to address, if up, in a folder that only
+    this user reaches (another user's socket there could be a man in the middle)."""
     folder = kept_folder(cfg)
     try:
         folder_stat = os.lstat(folder)
@@ -115,11 +115,11 @@ def _watchers(cfg: Config, address: str) -> str | None:
             or folder_stat.st_mode & 0o077:
         return None
     path = _socket_path(folder, address)
-    return path if os.path.exists(path) else None
+    return path if _answers(path) else None   # not one left by a watcher killed
 
 
 def _answers(path: str) -> bool:
-    """Whether a master listens on the socket (not one left by a master that ended)."""
+    """Whether a master listens on the socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
@@ -231,10 +231,8 @@ def connect(cfg: Config, address: str) -> str:
         if master.process.poll() is None:
             return ""
         del _shared[address]   # it ended (the peer restarted?): connect again
-    if not _kept:
-        watchers = _watchers(cfg, address)
-        if watchers is not None and _answers(watchers):
-            return ""
+    if not _kept and _watchers(cfg, address) is not None:
+        return ""
     path = _socket_path(_folder[0], address)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)   # an ended master's
