@@ -5,7 +5,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv lint unit integration molecule test demo bench bench-convergence bench-swarm \
-	bench-latency bench-rounds chaos lab-down clean
+	bench-latency bench-rounds bench-watcher chaos lab-down clean
 
 venv: $(VENV)/.installed
 
@@ -34,8 +34,9 @@ demo: venv
 
 # Not part of test (bench/README.md): bench-convergence, labs of 3, 5 and 8 nodes, about
 # 15 minutes; bench-swarm, labs of 2, 4 and 8 nodes sending a 128 MiB file, about 30;
-# bench-latency and bench-rounds (watch mode), labs of 3 and 5 nodes with large trees.
-bench: bench-convergence bench-swarm bench-latency bench-rounds
+# bench-latency and bench-rounds (watch mode), labs of 3 and 5 nodes with large trees;
+# bench-watcher, the watcher's own memory and idle CPU on a 2-node lab, about 10.
+bench: bench-convergence bench-swarm bench-latency bench-rounds bench-watcher
 
 bench-convergence: venv
 	pip install --quiet -r bench/requirements.txt
@@ -52,6 +53,10 @@ bench-latency: venv
 bench-rounds: venv
 	pip install --quiet -r bench/requirements.txt
 	python bench/rounds.py --sizes 3,5 --files 1000,10000,100000,300000 --runs 5
+
+bench-watcher: venv
+	pip install --quiet -r bench/requirements.txt
+	python bench/watcher.py --folders 0,25000,50000,100000 --idle 60
 
 # Not part of test: the seeded chaos run (tests/integration/chaos.py), one seed after the
 # other on one lab named chaos, brought up and down; about 2-3 minutes per seed of 60 steps.
