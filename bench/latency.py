@@ -115,7 +115,7 @@ def deploy(lab, size, files, watch):
     nodes = list_nodes(lab)
     syncthing.stop(lab, nodes)   # a lab kept from an earlier run may still run it
     for node in nodes:   # no changes of an earlier run: their names are taken again
-        on(lab, node, f"rm -f /etc/cron.d/replimesh {ROOT}/change-*")
+        on(lab, node, f"rm -f /etc/cron.d/replimesh {ROOT}/change-* {ROOT}/.stignore")
         on(lab, node, as_sync_user(f"python3 -c {quote(FILL)} {ROOT} {files}"))
     if not watch:
         return nodes

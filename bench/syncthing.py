@@ -178,6 +178,9 @@ def stop(lab, nodes, wait_s=60):
             time.sleep(0.5)
 
 
+BACKUP = "/.replimesh-backup"   # an ignore pattern: the folder at the root
+
+
 def start(lab, nodes, root, delay_s):
     """Syncthing from a fresh home on every node, sharing root among all of them with
     that watcher delay; returns its version once every node is in sync."""
@@ -190,6 +193,9 @@ def start(lab, nodes, root, delay_s):
         on(lab, node, f"runuser -u {USER} -- syncthing generate --home {HOME} "
                       "--no-default-folder > /dev/null")
         ids[node.name] = on(lab, node, f"runuser -u {USER} -- syncthing --home {HOME} --device-id")
+    for node in nodes:   # replimesh's backup area differs per node: not Syncthing's to sync
+        on(lab, node, f"printf '%s\\n' {BACKUP} > {root}/.stignore && "
+                      f"chown {USER}: {root}/.stignore")
     since = time.time()
     for node in nodes:
         serve(lab, node)
