@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import report  # noqa: E402 - bench/report.py, beside this script
-from latency import FILL, ROOT, as_sync_user, on, quote  # noqa: E402
+from latency import FILL, ROOT, as_sync_user, on, quote, stop_watchers  # noqa: E402
 
 from fabfile.lab import access, control  # noqa: E402
 from fabfile.lab.nodes import Lab, list_nodes  # noqa: E402
@@ -65,8 +65,10 @@ def deploy(size):
 
 
 def fill(lab, nodes, files):
+    # Every watcher stopped, and cron's watchdog with them (it would start one again
+    # within the minute, to sync a half-made tree into a node being emptied).
+    stop_watchers(lab, nodes)
     for node in nodes:
-        on(lab, node, as_sync_user("replimesh watch --stop"))
         on(lab, node, f"rm -rf {ROOT}/tree")
         on(lab, node, as_sync_user(f"python3 -c {quote(FILL)} {ROOT} {files}"))
     for node in nodes:
