@@ -1,5 +1,9 @@
 """A daemon's start: one per lock, and a log it cannot write stops it before it detaches,
-with a line that says what to fix, not later in a child whose every line would be lost."""
+with a line that says what to fix, not later in a child whose every line would be lost;
+one busy past the stop's wait is said to be so, and is not replaced twice."""
+
+import subprocess
+import sys
 
 from plugins.module_utils.replimesh import daemons
 
@@ -30,3 +34,37 @@ def test_a_daemon_runs_once_per_lock(tmp_path, capsys):
         assert "already running on node1" in capsys.readouterr().out
     finally:
         held.close()
+
+
+# A daemon busy with a round: it holds its lock and ends what it does before it stops.
+BUSY = """import fcntl, os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+lock = open(sys.argv[1], "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
+lock.truncate(0); lock.write(f"{os.getpid()}\\n"); lock.flush()
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_daemon_that_does_not_stop_in_time_is_said_to_be_stopping(tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(daemons, "STOP_WAIT_S", 0.5)
+    lock = str(tmp_path / "watch.lock")
+    busy = subprocess.Popen([sys.executable, "-c", BUSY, lock], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert busy.stdout.readline() == "holding\n"
+        assert daemons.run("watcher", "node1", lock, str(tmp_path / "watch.log"),
+                           lambda: 0, stop=True) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "did not stop within 0.5 s" in error
+        assert "watch.log" in error
+        ran = []
+        assert start(tmp_path, tmp_path / "watch.log", ran) == 0 and ran == []
+        assert daemons.run("watcher", "node1", lock, str(tmp_path / "watch.log"),
+                           lambda: ran.append(True) or 0, replace=True) == 0
+        assert ran == [] and "is stopping" in capsys.readouterr().out
+    finally:
+        busy.kill()
+        busy.wait()

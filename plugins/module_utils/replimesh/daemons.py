@@ -47,15 +47,18 @@ def writable(path: str) -> bool:
         return False
 
 
-def take_over(path: str, wait_s: float = 30.0):
+STOP_WAIT_S = 30.0   # for a running daemon to let go of its lock
+
+
+def take_over(path: str):
     """Stop the running daemon (SIGTERM to the pid in its lock file) and take its lock;
-    None if it did not let go within wait_s."""
+    None if it did not let go within STOP_WAIT_S."""
     try:
         with open(path, encoding="utf-8") as handle:
             os.kill(int(handle.read().strip()), signal.SIGTERM)
     except (OSError, ValueError):
         pass  # gone already, or not ours to signal: wait for the lock all the same
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline:
         lock = lock_or_none(path)
         if lock is not None:
@@ -80,7 +83,9 @@ def run(name: str, node: str, lock_path: str, log_path: str, main: Callable[[], 
         if lock is None:
             lock = take_over(lock_path)
             if lock is None:
-                print(f"replimesh: {name} on {node} did not stop", file=sys.stderr)
+                print(f"replimesh: {name} on {node} did not stop within {STOP_WAIT_S:g} s: "
+                      f"it ends what it is doing first (see {log_path}); run this again",
+                      file=sys.stderr)
                 return 1
             print(f"replimesh: {name} stopped on {node}")
         else:
@@ -89,6 +94,10 @@ def run(name: str, node: str, lock_path: str, log_path: str, main: Callable[[], 
         return 0
     if lock is None and replace:
         lock = take_over(lock_path)
+        if lock is None:   # it stops once done; cron's watchdog or systemd starts anew
+            print(f"replimesh: {name} on {node} is stopping: it ends what it is doing "
+                  f"first (see {log_path})")
+            return 0
     if lock is None:
         print(f"replimesh: {name} already running on {node}")
         return 0
