@@ -132,12 +132,16 @@ def deploy(lab, size, files, watch):
 
 
 def stop_watchers(lab, nodes):
-    """No replimesh watcher left to write the root while Syncthing does: the cron
-    watchdog's file first (it would start one again within the minute), then the
-    watcher, which --stop waits for."""
+    """No replimesh watcher left to write the root (while Syncthing does, or while a
+    tree is made again): the cron watchdog's file first (it would start one again within
+    the minute), then the watcher, which --stop waits for."""
     for node in nodes:
         on(lab, node, "rm -f /etc/cron.d/replimesh-watch")
-        on(lab, node, as_sync_user("replimesh watch --stop"))
+        # A watcher ends its round before it stops: a full one of a large tree may take
+        # longer than one --stop waits.
+        wait(lambda n=node: access.ssh(lab, n, as_sync_user("replimesh watch --stop"),
+                                       timeout=120).returncode == 0, 1800,
+             f"{node.name}: its watcher did not stop within 1800 s")
 
 
 def wait(condition, deadline_s, problem):
