@@ -107,15 +107,20 @@ def _watchers(cfg: Config, address: str) -> str | None:
     """The socket of the watcher's connection to address, if up, in a folder that only
     this user reaches (another user's socket there could be a man in the middle)."""
     folder = kept_folder(cfg)
-    try:
-        folder_stat = os.lstat(folder)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(folder_stat.st_mode) or folder_stat.st_uid != os.geteuid() \
-            or folder_stat.st_mode & 0o077:
+    if not _private(folder):
         return None
     path = _socket_path(folder, address)
     return path if _answers(path) else None   # not one left by a watcher killed
+
+
+def _private(folder: str) -> bool:
+    """Whether folder is a folder (not a symbolic link) of this user's, mode 0700."""
+    try:
+        found = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid() \
+        and not found.st_mode & 0o077
 
 
 def _answers(path: str) -> bool:
@@ -165,13 +170,13 @@ def _make_kept_folder(cfg: Config) -> bool:
         return False
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        made = os.lstat(folder)
-        if not stat.S_ISDIR(made.st_mode) or made.st_uid != os.geteuid():
-            return False   # a symbolic link, or another user's
-        os.chmod(folder, 0o700)
-        _clear(folder)
-    except OSError:
+        if stat.S_ISDIR(os.lstat(folder).st_mode):   # not through a symbolic link
+            os.chmod(folder, 0o700)
+    except OSError:   # another user's, say
         return False
+    if not _private(folder):
+        return False
+    _clear(folder)
     return True
 
 
@@ -198,9 +203,8 @@ def close_idle(seconds: float) -> None:
         closing = [m for m in _draining if m.process.poll() is not None]
     else:
         closing += _draining
+    _draining[:] = [m for m in _draining if m not in closing]
     for master in closing:
-        if master in _draining:
-            _draining.remove(master)
         if master.process.poll() is None:
             master.process.terminate()
     for master in closing:
