@@ -124,3 +124,19 @@ def test_a_round_that_failed_with_a_peer_runs_again(watching, monkeypatch):
     assert scopes[1] == scopes[2] == {root: ["f.txt"]}
     time.sleep(watch_daemon.RETRY_FIRST_S * 2)   # and not again once it went through
     assert len(scopes) == 3
+
+
+def test_a_round_that_settled_a_conflict_is_followed_by_a_full_round(watching, monkeypatch):
+    cfg, scopes = watching()
+    root = cfg.roots[0]
+    wait_for(lambda: len(scopes) == 1, "first full round")
+    settled = [PeerResult("node2", "a", "ok", 0.1, settled=["f.txt: node2's version in place"])]
+    monkeypatch.setattr(watch_daemon, "run_round",
+                        lambda _cfg, scope: scopes.append(scope) or
+                        (settled if len(scopes) == 2 else []))
+    with open(os.path.join(root, "f.txt"), "w", encoding="utf-8") as out:
+        out.write("x")
+    wait_for(lambda: len(scopes) == 3, "a round after the one that settled a conflict")
+    assert scopes[1:] == [{root: ["f.txt"]}, {root: None}]
+    time.sleep(cfg.watch_quiet_s * 4)   # and no more once the full round settled nothing
+    assert len(scopes) == 3

@@ -232,6 +232,19 @@ class Watcher:
             self.again(scope)
         else:
             self.retry_s = RETRY_FIRST_S
+        if any(r.settled for r in results):
+            self.in_full(scope)
+
+    def in_full(self, scope: dict[str, list[str] | None]) -> None:
+        """A conflict was settled: the roots in full next. Settling writes copies on both
+        sides of one session, and when three or more nodes settle one conflict at once,
+        a copy can end up on a node whose maker swapped it away meanwhile; what sessions
+        wrote is news to no watcher, so only a full round finds it."""
+        now = time.monotonic()
+        for root, paths in scope.items():
+            if paths is not None:
+                self.bursts[root].changes.everything = True
+                self.bursts[root].noted(now)
 
     def again(self, scope: dict[str, list[str] | None]) -> None:
         """A peer failed (busy, a conflict not passed on...): the same round again later,
@@ -264,7 +277,8 @@ def summary(results: list[PeerResult]) -> str:
     if not results:
         return "no active peer"
     return ", ".join(f"{r.peer} {r.result}" + (f" {r.files} file(s)" if r.files else "")
-                     + (f" ({r.message})" if r.message and r.result != "ok" else "")
+                     + (f" ({r.message})" if r.message and (r.result != "ok" or r.settled)
+                        else "")
                      for r in results)
 
 
