@@ -110,16 +110,23 @@ def test_when_the_limit_runs_out_it_says_so_once_and_rounds_go_on(watching, monk
     assert "a full round runs every 1 s" in said[0]
 
 
-def test_a_round_that_failed_with_a_peer_runs_again(watching, monkeypatch):
+def a_change_whose_round_gives(watching, monkeypatch, results):
+    """After the first full round, f.txt changed, its round answering results (the
+    rounds after it, none); (config, root, scopes so far)."""
     cfg, scopes = watching()
     root = cfg.roots[0]
     wait_for(lambda: len(scopes) == 1, "first full round")
-    failed = [PeerResult("node2", "a", FAILED, 0.1, message="busy")]
     monkeypatch.setattr(watch_daemon, "run_round",
                         lambda _cfg, scope: scopes.append(scope) or
-                        (failed if len(scopes) == 2 else []))
+                        (results if len(scopes) == 2 else []))
     with open(os.path.join(root, "f.txt"), "w", encoding="utf-8") as out:
         out.write("x")
+    return cfg, root, scopes
+
+
+def test_a_round_that_failed_with_a_peer_runs_again(watching, monkeypatch):
+    _, root, scopes = a_change_whose_round_gives(
+        watching, monkeypatch, [PeerResult("node2", "a", FAILED, 0.1, message="busy")])
     wait_for(lambda: len(scopes) == 3, "the failed round run again")
     assert scopes[1] == scopes[2] == {root: ["f.txt"]}
     time.sleep(watch_daemon.RETRY_FIRST_S * 2)   # and not again once it went through
@@ -127,15 +134,8 @@ def test_a_round_that_failed_with_a_peer_runs_again(watching, monkeypatch):
 
 
 def test_a_round_that_settled_a_conflict_is_followed_by_a_full_round(watching, monkeypatch):
-    cfg, scopes = watching()
-    root = cfg.roots[0]
-    wait_for(lambda: len(scopes) == 1, "first full round")
     settled = [PeerResult("node2", "a", "ok", 0.1, settled=["f.txt: node2's version in place"])]
-    monkeypatch.setattr(watch_daemon, "run_round",
-                        lambda _cfg, scope: scopes.append(scope) or
-                        (settled if len(scopes) == 2 else []))
-    with open(os.path.join(root, "f.txt"), "w", encoding="utf-8") as out:
-        out.write("x")
+    cfg, root, scopes = a_change_whose_round_gives(watching, monkeypatch, settled)
     wait_for(lambda: len(scopes) == 3, "a round after the one that settled a conflict")
     assert scopes[1:] == [{root: ["f.txt"]}, {root: None}]
     time.sleep(cfg.watch_quiet_s * 4)   # and no more once the full round settled nothing

@@ -195,6 +195,11 @@ class Burst:
         self.changes = Changes()
         self.first = self.last = 0.0
 
+    def in_full(self, now: float) -> None:
+        """The whole root is to sync at the next round, as if an event came at now."""
+        self.changes.everything = True
+        self.noted(now)
+
     def noted(self, now: float) -> None:
         """Events were handled at now."""
         if not self.changes:

@@ -59,8 +59,7 @@ class Watcher:
     def run(self) -> int:
         self.watch_all()
         for burst in self.bursts.values():   # what changed while no watcher ran
-            burst.changes.everything = True
-            burst.noted(time.monotonic())
+            burst.in_full(time.monotonic())
         while not self.stopping:
             if self.fallback:
                 self.round({root: None for root in self.cfg.roots})
@@ -98,8 +97,7 @@ class Watcher:
         if self.fallback:
             self.log("the inotify limit is high enough now: watching again")
             for burst in self.bursts.values():   # changed since the last full round
-                burst.changes.everything = True
-                burst.noted(time.monotonic())
+                burst.in_full(time.monotonic())
         self.fallback = False
         folders = sum(len(tree.folders) for tree in self.trees.values())
         self.log(f"watching {folders} folder(s) of {len(self.trees)} root(s)")
@@ -185,8 +183,7 @@ class Watcher:
                 except inotify.Exhausted as error:
                     self.fall_back(error)
                     return
-                self.bursts[root].changes.everything = True
-                self.bursts[root].noted(time.monotonic())
+                self.bursts[root].in_full(time.monotonic())
                 self.count(root, {""})
 
     def take_due(self) -> dict[str, list[str] | None]:
@@ -243,8 +240,7 @@ class Watcher:
         now = time.monotonic()
         for root, paths in scope.items():
             if paths is not None:
-                self.bursts[root].changes.everything = True
-                self.bursts[root].noted(now)
+                self.bursts[root].in_full(now)
 
     def again(self, scope: dict[str, list[str] | None]) -> None:
         """A peer failed (busy, a conflict not passed on...): the same round again later,
