@@ -30,12 +30,19 @@ def known_hosts_path(lab: Lab) -> Path:
     return lab.inventory_dir / ".ssh" / "known_hosts"
 
 
+# A node killed mid-command may never send its FIN (a shaped link drops what its queue
+# held when the container goes): without keepalives the client would wait forever.
+KEEPALIVE = ("ServerAliveInterval=2", "ServerAliveCountMax=3")
+
+
 def ssh_options(lab: Lab) -> list[str]:
-    """Options for every SSH connection to the lab: our key only, pinned host keys only."""
+    """Options for every SSH connection to the lab: our key only, pinned host keys only, a
+    dead node noticed within 6 s."""
     return ["-i", str(key_path(lab)), "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={known_hosts_path(lab)}",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
+            *(word for option in KEEPALIVE for word in ("-o", option))]
 
 
 def ssh(lab: Lab, node: Node, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -96,7 +103,7 @@ def render_inventory(lab: Lab, nodes: list[Node], removed: frozenset[str] = froz
             "ansible_ssh_common_args": " ".join(
                 f"-o {o}" for o in ("IdentitiesOnly=yes",
                                     f"UserKnownHostsFile={known_hosts_path(lab)}",
-                                    "StrictHostKeyChecking=yes")),
+                                    "StrictHostKeyChecking=yes", *KEEPALIVE)),
         },
     }}
     header = (f"# Written by `fab lab.up` for lab {lab.name!r}; `fab lab.down` removes it.\n"

@@ -87,6 +87,7 @@ def test_inventory_lists_every_node_with_strict_host_keys():
     common = inventory["all"]["vars"]["ansible_ssh_common_args"]
     assert "StrictHostKeyChecking=yes" in common
     assert f"UserKnownHostsFile={access.known_hosts_path(lab)}" in common
+    assert "ServerAliveInterval=2" in common and "ServerAliveInterval=2" in access.ssh_options(lab)
     assert inventory["all"]["vars"]["ansible_private_key_file"] == str(access.key_path(lab))
 
 
