@@ -3,18 +3,20 @@
 A change made on one node reaches every node within seconds; what sessions write into a
 node starts no round there; two watchers reacting to the same change at once, a change
 made while a session writes into the same folder, a root replaced while watched, a
-watcher killed mid-round and the kernel's inotify limit running out all end with every
-node holding the same files, none lost. Watchers are started as cron's watchdog starts
+watcher stopped or killed mid-round and the kernel's inotify limit running out all end
+with every node holding the same files, none lost. Watchers are started as cron's watchdog starts
 them (`replimesh watch --detach`); the lab's deploy leaves them off for the other tests.
 """
 
 import os
 import re
 import threading
+import time
 
 import pytest
 
 from fabfile.lab import faults
+from plugins.module_utils.replimesh import watch_daemon
 
 from .chaos import Workload, replay_command
 from .helpers import role, running_nodes, wait_until
@@ -259,23 +261,34 @@ def test_a_root_replaced_while_watched_is_synced_in_full(nodes):
         on(nodes["node3"], f"rm -rf {ROOT}.old {ROOT}.new")
 
 
-def test_a_watcher_killed_mid_round_leaves_the_mesh_to_converge(nodes):
-    faults.shape(FAULT, "node1", "40mbit")
+def unison_running(node):
+    return on(node, "pgrep -u replimesh -x unison", check=False).returncode == 0
+
+
+def test_a_watcher_stopped_or_killed_mid_round_leaves_the_mesh_to_converge(nodes):
+    node1 = nodes["node1"]
+    faults.shape(FAULT, "node1", "10mbit")   # its round for big.bin: well over a minute
     try:
-        on(nodes["node1"], f"head -c 40M /dev/urandom > {ROOT}/killed.bin && "
-                           f"chown replimesh: {ROOT}/killed.bin")
-        big = md5(nodes["node1"], "killed.bin")
-        wait_until(lambda: on(nodes["node1"], "pgrep -u replimesh -x unison",
-                              check=False).returncode == 0, 30, "node1's round under way")
-        on(nodes["node1"], f"kill -KILL $(cat {MESH_FILES}/watch.lock)")
-        wait_until(lambda: on(nodes["node1"], "pgrep -u replimesh -x unison",
-                              check=False).returncode != 0, 30,
-                   "node1's Unison gone with its watcher")
-        watcher(nodes["node1"], "--detach")   # as cron's watchdog does within a minute
-        wait_until(lambda: all(md5(n, "killed.bin") == big for n in nodes.values()), 180,
-                   "killed.bin whole on every node")
+        on(node1, f"head -c 20M /dev/urandom > {ROOT}/big.bin && chown replimesh: {ROOT}/big.bin")
+        big = md5(node1, "big.bin")
+        wait_until(lambda: unison_running(node1), 30, "node1's round under way")
+        asked = time.monotonic()
+        stopped = LAB.as_sync_user(node1, "replimesh watch --stop", check=False)
+        took = time.monotonic() - asked
+        assert stopped.returncode == 0 and "watcher stopped" in stopped.stdout, stopped
+        assert took < watch_daemon.STOP_GRACE_S + 10, f"--stop took {took:.1f} s"
+        assert not unison_running(node1)
+        assert "the round under way was cut short" in on(node1, f"cat {WATCH_LOG}").stdout
+
+        watcher(node1, "--detach")   # its first round sends big.bin again
+        wait_until(lambda: unison_running(node1), 30, "node1's round under way again")
+        on(node1, f"kill -KILL $(cat {MESH_FILES}/watch.lock)")
+        wait_until(lambda: not unison_running(node1), 30, "node1's Unison gone with its watcher")
     finally:
         faults.shape(FAULT, "node1", "")
+    watcher(node1, "--detach")   # as cron's watchdog does within a minute
+    wait_until(lambda: all(md5(n, "big.bin") == big for n in nodes.values()), 180,
+               "big.bin whole on every node")
     for node in nodes.values():   # no temporary file left behind in any replica
         assert ".unison." not in on(node, f"ls -A {ROOT}").stdout
 

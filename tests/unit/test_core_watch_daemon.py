@@ -34,6 +34,7 @@ def watching(tmp_path, monkeypatch):
         thread.start()
         started.append((watcher, thread))
         return cfg, scopes
+    start.started = started
     yield start
     for watcher, thread in started:
         watcher.stop()
@@ -140,3 +141,36 @@ def test_a_round_that_settled_a_conflict_is_followed_by_a_full_round(watching, m
     assert scopes[1:] == [{root: ["f.txt"]}, {root: None}]
     time.sleep(cfg.watch_quiet_s * 4)   # and no more once the full round settled nothing
     assert len(scopes) == 3
+
+
+def a_round_under_way(watching, monkeypatch, lasting_s):
+    """A watcher whose round for a change takes lasting_s; (watcher, its thread, its
+    config, the exit codes it cut itself short with) once that round is under way."""
+    cfg, scopes = watching()
+    watcher, thread = watching.started[-1]
+    wait_for(lambda: len(scopes) == 1, "first full round")
+    under_way, cut = threading.Event(), []
+    monkeypatch.setattr(watch_daemon, "STOP_GRACE_S", 0.5)
+    monkeypatch.setattr(watch_daemon, "run_round",
+                        lambda _cfg, scope: under_way.set() or time.sleep(lasting_s) or [])
+    monkeypatch.setattr(os, "_exit", cut.append)
+    with open(os.path.join(cfg.roots[0], "f.txt"), "w", encoding="utf-8") as out:
+        out.write("x")
+    assert under_way.wait(DEADLINE_S), "no round under way"
+    return watcher, thread, cfg, cut
+
+
+def test_asked_to_stop_mid_round_it_cuts_a_long_round_short(watching, monkeypatch):
+    watcher, _, cfg, cut = a_round_under_way(watching, monkeypatch, lasting_s=3.0)
+    watcher.stop()
+    wait_for(lambda: cut, "the round cut short")
+    assert cut == [0]
+    assert "stopped mid-round: the round under way was cut short after 0.5 s" in log(cfg)
+
+
+def test_asked_to_stop_mid_round_it_lets_a_short_round_end(watching, monkeypatch):
+    watcher, thread, cfg, cut = a_round_under_way(watching, monkeypatch, lasting_s=0.1)
+    watcher.stop()
+    thread.join(timeout=DEADLINE_S)
+    time.sleep(0.6)   # past the grace: nothing is cut once the watcher is done
+    assert cut == [] and log(cfg).splitlines()[-1].endswith("stopped")

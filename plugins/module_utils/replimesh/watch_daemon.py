@@ -32,6 +32,10 @@ RETRY_FIRST_S, RETRY_LAST_S = 2.0, 60.0
 # burst of rounds pays one handshake per peer, not one per round (over a second each on
 # a busy node).
 KEEP_CONNECTIONS_S = 120.0
+# Asked to stop mid-round, the watcher lets the round end for this long, then cuts it
+# short as a killed watcher would be: every session is safe to interrupt, each child ends
+# with this process (children.tied), and the next start syncs in full.
+STOP_GRACE_S = 5.0
 
 
 def lock_path(cfg: Config) -> str:
@@ -49,6 +53,7 @@ class Watcher:
         self.retry_at = 0.0      # when to try the watches again, in fallback
         self.retry_s = RETRY_FIRST_S   # the wait before a failed round runs again
         self.stopping = False
+        self.stopped = threading.Event()    # run() is done: nothing left to cut short
         self.wake, self.waker = os.pipe()   # stop() wakes the wait for events
         self.markers: markers.Keeper | None = None   # while every root is watched
         threading.Thread(target=self._heartbeat, daemon=True).start()
@@ -77,6 +82,7 @@ class Watcher:
         if self.notify is not None:
             self.notify.close()
         self.log("stopped")
+        self.stopped.set()
         return 0
 
     def watch_all(self) -> None:
@@ -260,8 +266,21 @@ class Watcher:
         select.select([self.wake], [], [], seconds)
 
     def stop(self, *_) -> None:
+        """SIGTERM: stop after the round under way, or within STOP_GRACE_S all the same
+        (`replimesh watch --stop`, systemd and a redeploy wait on it)."""
+        if self.stopping:
+            return
         self.stopping = True
         os.write(self.waker, b"x")
+        threading.Thread(target=self._cut_short, daemon=True).start()
+
+    def _cut_short(self) -> None:
+        if self.stopped.wait(STOP_GRACE_S):
+            return
+        self.log(f"stopped mid-round: the round under way was cut short after "
+                 f"{STOP_GRACE_S:g} s (the next start syncs in full)")
+        self.forget_markers()
+        os._exit(0)
 
 
 def describe(scope: dict[str, list[str] | None]) -> str:
