@@ -10,7 +10,7 @@ import pytest
 from fabfile.lab import control
 
 from .helpers import playbook, recap, role, running_nodes, wait_until
-from .mesh_lab import MESH, NO_WATCHER, ROOT, as_sync_user, fab_mesh, listing, on, sync, write
+from .mesh_lab import MESH, ROOT, as_sync_user, fab_mesh, listing, on, sync, write
 
 CONNECT_TIMEOUT = 10  # replimesh_connect_timeout's default
 KNOWN_HOSTS = "cat /var/lib/replimesh/mesh/known_hosts"
@@ -19,12 +19,6 @@ KNOWN_HOSTS = "cat /var/lib/replimesh/mesh/known_hosts"
 @pytest.fixture
 def nodes(mesh):
     return {n.name: n for n in running_nodes(MESH)}
-
-
-def test_site_is_idempotent(mesh):
-    assert set(recap(mesh["first_run"].stdout)) == {"node1", "node2", "node3", "node4"}
-    again = recap(playbook(MESH, "site.yml", *NO_WATCHER).stdout)
-    assert {host: t["changed"] for host, t in again.items()} == dict.fromkeys(again, 0)
 
 
 def test_every_file_reaches_every_node_after_each_node_syncs_once(nodes):

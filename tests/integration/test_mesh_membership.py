@@ -1,6 +1,7 @@
-"""Membership on the lab imesh, after test_mesh.py: nodes added and removed through the
-inventory while another node is down and learned peer to peer, entries not signed by
-the operator ignored, a damaged list kept, fab mesh.peers/propagate, a broken inventory."""
+"""Membership on the lab imesh, after test_mesh.py: a node added and one removed through
+the inventory while another node is down, both learned peer to peer from one round,
+entries not signed by the operator ignored, a damaged list kept, fab
+mesh.peers/propagate, a broken inventory."""
 
 import json
 import subprocess
@@ -59,53 +60,42 @@ def nodes():
     return {n.name: n for n in list_nodes(MESH)}
 
 
-def test_a_node_added_while_another_is_down_learns_of_it_from_one_round(before):
+def test_a_node_added_and_one_removed_while_another_is_down_are_learned_from_one_round(
+        before):
     control.up(MESH, 5)  # node5: a new container, added to group mesh of the inventory
     no_cron(nodes()["node5"])
+    control.remove(MESH, "node3")  # = fab lab.remove node3: to group mesh_removed
     control.stop(MESH, "node4")
     deployed = recap(playbook(MESH, "site.yml", *NO_WATCHER, check=False).stdout)
     assert deployed["node4"]["unreachable"] == 1
-    for name in ("node1", "node2", "node3", "node5"):
+    for name in ("node1", "node2", "node3", "node5"):  # node3 told it is out
         assert deployed[name]["failed"] == deployed[name]["unreachable"] == 0, deployed
+    node3_data = listing(nodes()["node3"])
 
     start("node4")
     node = nodes()
     assert "node5" not in peer_list(node["node4"])  # it missed the deploy
+    assert "--peer node3" in on(node["node4"], AUTHORIZED_KEYS).stdout
     _, peers = sync(node["node1"])  # one round, on one node that reaches node4
-    assert peers["node4"]["result"] == "ok", peers
+    assert "node3" not in peers and peers["node4"]["result"] == "ok", peers
     assert peer_list(node["node4"])["node5"]["state"] == "active"
+    assert peer_list(node["node4"])["node3"]["state"] == "removed"
     learned = on(node["node4"], "grep 'took node5' /var/log/replimesh/peers.log").stdout
     assert f" {node['node1'].address} took node5 " in learned  # from node1's session
+    assert "--peer node3" not in on(node["node4"], AUTHORIZED_KEYS).stdout
+    refused = as_sync_user(node["node3"], f"ssh {node['node4'].address} replimesh peers "
+                                          "exchange </dev/null", check=False)
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
 
     write(node["node5"], "from-node5.txt", "node5 joined")
     _, peers = sync(node["node5"])
     assert peers["node4"]["result"] == "ok", peers
     assert on(node["node4"], f"cat {ROOT}/from-node5.txt").stdout == "node5 joined"
 
-
-def test_a_node_removed_while_another_is_down_is_refused_there_after_one_round(before):
-    control.stop(MESH, "node2")
-    control.remove(MESH, "node3")  # = fab lab.remove node3: to group mesh_removed
-    deployed = recap(playbook(MESH, "site.yml", *NO_WATCHER, check=False).stdout)
-    assert deployed["node2"]["unreachable"] == 1
-    assert deployed["node3"]["failed"] == 0  # told it is out
-    node = nodes()
-    node3_data = listing(node["node3"])
-
-    start("node2")
-    assert "--peer node3" in on(node["node2"], AUTHORIZED_KEYS).stdout  # not heard
-    _, peers = sync(node["node1"])
-    assert "node3" not in peers and peers["node2"]["result"] == "ok", peers
-    assert peer_list(node["node2"])["node3"]["state"] == "removed"
-    assert "--peer node3" not in on(node["node2"], AUTHORIZED_KEYS).stdout
-    refused = as_sync_user(node["node3"], f"ssh {node['node2'].address} replimesh peers "
-                                          "exchange </dev/null", check=False)
-    assert refused.returncode == 255 and "Permission denied" in refused.stderr
-
     assert on(node["node3"], "test -e /etc/cron.d/replimesh", check=False).returncode == 1
     own_round = as_sync_user(node["node3"], "replimesh sync", check=False)
     assert own_round.returncode == 2 and "node3 is removed from the mesh" in own_round.stderr
-    for name in ("node2", "node4", "node5"):
+    for name in ("node2", "node4"):
         sync(node[name])
     for name, each in node.items():  # node3 never comes back, not even in its own list
         assert peer_list(each)["node3"]["state"] == "removed", name
