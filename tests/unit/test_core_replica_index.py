@@ -44,3 +44,27 @@ def test_a_damaged_index_is_set_aside_and_started_afresh(tmp_path):
     assert index.files() == 5
     index.close()
     assert (tmp_path / "i.sqlite.damaged").exists()
+
+
+def test_the_file_count_follows_every_write_without_a_scan(tmp_path):
+    index = replica_index.Index(str(tmp_path / "i.sqlite"))
+    index.replace(ENTRIES, 1)
+    counted = []
+    index.db.set_trace_callback(counted.append)
+    index.update(["a/x", "a"], {"a/x": [tree.FOLDER, 0, 30, 0, 2, "dir"],     # file -> folder
+                                "a/sub": [tree.FILE, 1, 31, 31, 3, "d7"],     # folder -> file
+                                "ab": [tree.FILE, 9, 32, 32, 5, "d8"],        # file, edited
+                                "c": [tree.LINK, 2, 33, 33, 8, "d9"]})       # new
+    assert index.files() == 6
+    assert not [q for q in counted if "count(*)" in q]
+    index.db.set_trace_callback(None)
+    assert index.files() == index._count()
+
+
+def test_an_index_of_the_release_before_counts_its_files_once(tmp_path):
+    index = replica_index.Index(str(tmp_path / "i.sqlite"))
+    index.replace(ENTRIES, 1)
+    index.db.execute("DELETE FROM meta WHERE key = 'files'")   # as an older release left it
+    assert index.files() == 5
+    index.update(["ab"], {})
+    assert index._meta("files") == 4 == index.files()

@@ -93,7 +93,7 @@ def walk_paths(root: str, previous: Lookup, paths: set[str], files_before: int) 
                     del done.index[folder]   # as it was: nothing to write
     done.removed = [p for p in before if p not in done.index]
     # The folders above are folders: the files walked are those of the tops.
-    done.files = files_before - _files(before.values()) + _files(done.index.values())
+    done.files = files_before - files_among(before.values()) + files_among(done.index.values())
     done.changed = bool(done.removed) or any(before.get(p) != e for p, e in
                                              done.index.items())
     for path, entry in before.items():
@@ -105,7 +105,8 @@ def walk_paths(root: str, previous: Lookup, paths: set[str], files_before: int) 
     return done
 
 
-def _files(entries: Iterable[list]) -> int:
+def files_among(entries: Iterable[list]) -> int:
+    """How many of entries are files (regular or symlinks): what the guard counts."""
     return sum(1 for entry in entries if entry[0] != FOLDER)
 
 
