@@ -40,6 +40,7 @@ def test_every_setting_is_taken():
     ({"node": "n", "roots": ["/a", "/a"]}, "the same path twice"),
     ({"node": "n", "roots": ["/a"], "connect_timeout": 0}, "connect_timeout must be positive"),
     ({"node": "n", "roots": ["/a"], "ssh_port": -1}, "ssh_port must be positive"),
+    ({"node": "n", "roots": ["/a"], "watch_settle_s": 2}, "watch_settle_s must be at most"),
     (["node", "roots"], "expected a JSON object"),
 ])
 def test_bad_config_is_refused_with_the_reason(data, needle):

@@ -76,9 +76,11 @@ class Config:
     # The node's sync key signs its offers; peers check them against its ssh_key in the
     # peer list, so an offer relayed by any node still names its true publisher.
     swarm_signing_key: str = "/var/lib/replimesh/.ssh/id_ed25519"
-    # Watch mode (watch_daemon.py): a round starts watch_quiet_s after the last change of
-    # a burst, at most watch_max_wait_s after its first; where the kernel's inotify
+    # Watch mode (watch_daemon.py): a round starts watch_settle_s after the last change
+    # of a burst once every file written in it was closed (watch_quiet_s while one is
+    # still open), at most watch_max_wait_s after its first; where the kernel's inotify
     # limits run out, a full round every watch_fallback_s instead.
+    watch_settle_s: float = 0.2
     watch_quiet_s: float = 1.0
     watch_max_wait_s: float = 5.0
     watch_fallback_s: int = 60
@@ -95,7 +97,8 @@ _TYPES = {"node": str, "roots": list, "user": str, "peers_file": str, "state_fil
           "swarm_key": str, "swarm_max_file_bytes": int,
           "swarm_max_offers_per_publisher": int, "swarm_max_bytes_per_publisher": int,
           "swarm_clock_margin_s": int, "swarm_signing_key": str,
-          "watch_quiet_s": (int, float), "watch_max_wait_s": (int, float),
+          "watch_settle_s": (int, float), "watch_quiet_s": (int, float),
+          "watch_max_wait_s": (int, float),
           "watch_fallback_s": int}
 _RETIRED = ("authorized_keys",)
 POLICIES = ("newer", "keep-both")
@@ -143,10 +146,14 @@ def parse(data: Any, origin: str = "config") -> Config:
     for key in ("connect_timeout", "session_timeout", "idle_timeout", "ssh_port", "lock_wait",
                 "swarm_port", "swarm_seed_hours", "swarm_max_file_bytes",
                 "swarm_max_offers_per_publisher", "swarm_max_bytes_per_publisher",
-                "swarm_clock_margin_s", "watch_quiet_s", "watch_max_wait_s",
+                "swarm_clock_margin_s", "watch_settle_s", "watch_quiet_s", "watch_max_wait_s",
                 "watch_fallback_s"):
         if key in data and data[key] <= 0:
             raise ConfigError(f"{origin}: {key} must be positive")
+    if data.get("watch_settle_s", Config.watch_settle_s) > data.get("watch_quiet_s",
+                                                                    Config.watch_quiet_s):
+        raise ConfigError(f"{origin}: watch_settle_s must be at most watch_quiet_s (the "
+                          "wait after a burst with every file closed is the shorter one)")
     if data.get("backup_days", 0) < 0:
         raise ConfigError(f"{origin}: backup_days must be 0 or more")
     if not 0 < data.get("max_delete_share", 0.5) <= 1:

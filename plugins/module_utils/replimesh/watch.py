@@ -33,16 +33,19 @@ class Changes:
     moved_from: dict[int, tuple[str, bool]] = field(default_factory=dict)  # cookie ->
     # (path, whether a Unison temporary file), until its MOVED_TO comes (or never)
     everything: bool = False   # events were lost, or the root was replaced
+    # Files written to and not closed since: still being written, most likely. While
+    # any is, a round waits for the longer quiet time, so that it sends no half-written
+    # file; a file closed (or a deletion, a rename, a new folder) needs no such wait.
+    writing: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.everything or self.paths or self.unsure or self.moved_from)
 
-    def merge(self, other: Changes) -> None:
-        self.paths |= other.paths
-        self.unsure |= other.unsure
-        self.synced |= other.synced
-        self.moved_from.update(other.moved_from)
-        self.everything |= other.everything
+    @property
+    def settled(self) -> bool:
+        """Every file written was closed since (so a short wait will do); lost events
+        leave that unknown."""
+        return not self.writing and not self.everything
 
     def candidates(self) -> tuple[set[str], set[str]]:
         """(paths surely changed here, paths to check against the index): a move whose
@@ -106,6 +109,9 @@ class Tree:
             source, temporary = changes.moved_from.pop(event.cookie)
             if not temporary:
                 changes.paths.add(source)   # renamed here
+            if source in changes.writing:   # renamed while open: closed under its new name
+                changes.writing.discard(source)
+                changes.writing.add(path)
         elif event.mask & inotify.MOVED_FROM:
             temporary = unison_temporary(event.name)
             if temporary or not ignored(path):
@@ -117,6 +123,11 @@ class Tree:
             temporary = False
         if ignored(path):
             return None
+        if not event.is_dir:
+            if event.mask & inotify.MODIFY:
+                changes.writing.add(path)
+            elif event.mask & (inotify.CLOSE_WRITE | inotify.DELETE):
+                changes.writing.discard(path)
         if temporary:
             changes.synced.add(path)   # Unison put what it brought in place
         elif event.is_dir and event.mask & inotify.ATTRIB and path not in self.watches:
@@ -186,12 +197,15 @@ class Tree:
 
 
 class Burst:
-    """The changes of one root gathered until a round should start: quiet_s after the
-    last event of a burst, and no later than max_wait_s after its first under continuous
-    change. Tree.handle adds to `changes`; noted() says when."""
+    """The changes of one root gathered until a round should start: settle_s after the
+    last event of a burst once every file written in it was closed, quiet_s after it
+    while one is still open, and no later than max_wait_s after its first under
+    continuous change. Tree.handle adds to `changes`; noted() says when."""
 
-    def __init__(self, quiet_s: float = 1.0, max_wait_s: float = 5.0):
+    def __init__(self, quiet_s: float = 1.0, max_wait_s: float = 5.0,
+                 settle_s: float = 0.2):
         self.quiet_s, self.max_wait_s = quiet_s, max_wait_s
+        self.settle_s = settle_s
         self.changes = Changes()
         self.first = self.last = 0.0
 
@@ -210,13 +224,17 @@ class Burst:
 
     def hold(self, now: float, delay_s: float) -> None:
         """Due delay_s from now (a round to run again), or sooner if changes come."""
-        self.first = self.last = now + delay_s - self.quiet_s
+        self.first = self.last = now + delay_s - self._quiet_s()
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the round is due (0: now); None with nothing gathered."""
         if not self.changes:
             return None
-        return max(0.0, min(self.last + self.quiet_s, self.first + self.max_wait_s) - now)
+        return max(0.0, min(self.last + self._quiet_s(), self.first + self.max_wait_s)
+                   - now)
+
+    def _quiet_s(self) -> float:
+        return self.settle_s if self.changes.settled else self.quiet_s
 
     def take(self) -> Changes:
         taken, self.changes = self.changes, Changes()

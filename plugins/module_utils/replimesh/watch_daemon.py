@@ -47,7 +47,8 @@ class Watcher:
         self.cfg = cfg
         self.notify: inotify.Inotify | None = None   # made by watch_all()
         self.trees: dict[str, watch.Tree] = {}
-        self.bursts = {root: watch.Burst(cfg.watch_quiet_s, cfg.watch_max_wait_s)
+        self.bursts = {root: watch.Burst(cfg.watch_quiet_s, cfg.watch_max_wait_s,
+                                         cfg.watch_settle_s)
                        for root in cfg.roots}
         self.fallback = False    # the watches could not all be made: periodic rounds
         self.retry_at = 0.0      # when to try the watches again, in fallback
