@@ -24,8 +24,8 @@ def watching(tmp_path, monkeypatch):
     started = []
 
     def start(**settings):
-        cfg, _ = write_node(tmp_path, [], watch_quiet_s=0.2, watch_max_wait_s=1.0,
-                            **settings)
+        cfg, _ = write_node(tmp_path, [], **{"watch_quiet_s": 0.2, "watch_max_wait_s": 1.0,
+                                             **settings})
         scopes = []
         monkeypatch.setattr(watch_daemon, "run_round",
                             lambda _cfg, scope: scopes.append(scope) or [])
@@ -62,6 +62,22 @@ def test_a_full_round_first_then_one_for_each_change_made_here(watching):
         out.write("x")
     wait_for(lambda: len(scopes) == 2, "round for the change")
     assert scopes[1] == {root: ["sub"]}
+
+
+def test_a_file_still_open_for_writing_holds_its_round_until_closed(watching):
+    cfg, scopes = watching(watch_settle_s=0.1, watch_quiet_s=4.0, watch_max_wait_s=60.0)
+    root = cfg.roots[0]
+    wait_for(lambda: len(scopes) == 1, "first full round")
+    with open(os.path.join(root, "growing.bin"), "wb") as out:
+        out.write(b"first half")
+        out.flush()
+        time.sleep(1.0)   # ten times the settle time: a closed file's round would be due
+        assert len(scopes) == 1, "a round started while the file was still open"
+        out.write(b", second half")
+    closed = time.monotonic()
+    wait_for(lambda: len(scopes) == 2, "round once the file was closed")
+    assert time.monotonic() - closed < 4.0, "closed, it waited the quiet time"
+    assert scopes[1] == {root: ["growing.bin"]}
 
 
 def test_what_a_session_wrote_starts_no_round(watching):
