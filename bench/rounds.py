@@ -13,7 +13,7 @@ node, then each measurement is run --runs times, the three kinds in turn:
 - raw Unison: `unison ROOT ssh://root@PEER/ROOT -batch` from node1 to every peer in turn,
   nothing changed (the scan of both trees that a user's own Unison setup pays).
 
-    python bench/rounds.py --sizes 3,5 --files 1000,10000,100000,300000 --runs 5
+    python bench/rounds.py --sizes 3,5 --files 1000,10000,100000,300000 --runs 5 [--merge]
 
 writes bench/results/rounds.json, its table in bench/README.md and bench/rounds.png.
 """
@@ -156,6 +156,8 @@ def main():
     parser.add_argument("--files", default="1000,10000,100000,300000")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="leave the labs up")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the results of other sizes from results/rounds.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     trees = [int(f) for f in args.files.split(",")]
@@ -174,6 +176,11 @@ def main():
         finally:
             if not args.keep:
                 control.down(lab)
+    path = HERE / "results" / "rounds.json"
+    if args.merge and path.exists():   # the other sizes' records, measured before
+        results = [r for r in json.loads(path.read_text()) if r["nodes"] not in sizes] + results
+        sizes = sorted({r["nodes"] for r in results})
+        trees = sorted({r["files"] for r in results})
     report.save("rounds", results, table(results, sizes, trees))
     plot(results, sizes, trees, HERE / "rounds.png")
 
