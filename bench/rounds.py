@@ -146,6 +146,7 @@ def plot(results, sizes, trees, path):
             axis.plot(trees, [medians(results, size, f, kind) for f in trees], style,
                       marker=marker, label=f"{kind}, {size} nodes")
     axis.set_xscale("log")
+    axis.set_yscale("log")   # tenths of a second beside raw Unison's tens of seconds
     report.label(axis, "files in the root", "seconds (median)")
     report.save_plot(figure, "A round's cost as the tree grows", path)
 
