@@ -6,7 +6,11 @@ the same tree of small files on every node (then one round on each node, so that
 pair's Unison archive knows it). Then each scheme in turn, on that same root, never two
 at once:
 
-- replimesh watch: the watchers, deployed by the role replimesh_watch;
+- replimesh watch: the watchers, deployed by the role replimesh_watch; changes come
+  1.5 s apart, so the watcher's SSH connections to its peers are open;
+- replimesh watch, no connection open: the same, with the writer's connections ended
+  before each change, as after 120 s without a round: what an edit after a quiet spell
+  sees (a handshake with every peer);
 - Syncthing (bench/syncthing.py), once the watchers are stopped: one per node, every
   node a device of every other, the root their one folder; first with the watcher's
   default delay (fsWatcherDelayS 10 s), then with 1 s.
@@ -20,7 +24,8 @@ given by their schedule: a change waits for the writer's next round, uniformly w
 the interval, and then that round's own time (not counted).
 
     python bench/latency.py --sizes 3,5 --files 100000 --changes 20 \\
-        [--schemes replimesh,syncthing,syncthing-1s] [--lab-prefix lat] [--merge] [--keep]
+        [--schemes replimesh,replimesh-cold,syncthing,syncthing-1s] [--lab-prefix lat] \\
+        [--merge] [--keep]
 
 writes bench/results/latency.json, its table in bench/README.md and bench/latency.png.
 """
@@ -51,6 +56,7 @@ KINDS = ("small file", "10 MiB file", "deletion")
 # --schemes names, in the order they run on a lab: (the name in the table and the
 # records, Syncthing's watcher delay in seconds or None for replimesh's watchers).
 SCHEMES = {"replimesh": ("replimesh watch", None),
+           "replimesh-cold": ("replimesh watch, no connection open", None),
            "syncthing": ("Syncthing, 10 s watcher delay (default)", syncthing.DEFAULT_DELAY_S),
            "syncthing-1s": ("Syncthing, 1 s watcher delay", 1)}
 UNNAMED = "replimesh watch"   # the scheme of records from before there were others
@@ -168,9 +174,10 @@ def pollers(lab, nodes, path, want):
     return started
 
 
-def measure(lab, nodes, writer, kind, tag):
+def measure(lab, nodes, writer, kind, tag, cold=False):
     """One change made on writer: its time to every other node, or None if one of them
-    did not have it within WAIT_S."""
+    did not have it within WAIT_S. cold: the writer's watcher has no connection open
+    when the change is made."""
     name = f"{ROOT}/change-{tag}"
     others = [n for n in nodes if n is not writer]
     if kind == "deletion":
@@ -183,6 +190,8 @@ def measure(lab, nodes, writer, kind, tag):
     else:
         watching = pollers(lab, others, name, 10 << 20)
         change = f"sh -c 'head -c 10M /dev/urandom > {name}.tmp && mv {name}.tmp {name}'"
+    if cold:
+        close_connections(lab, writer)
     started = time.time()
     on(lab, writer, as_sync_user(change))
     times = []
@@ -209,8 +218,9 @@ def run(lab, size, files, changes, chosen):
             syncthing.set_delay(lab, nodes, delay)
         for number in range(changes * len(KINDS)):
             kind = KINDS[number % len(KINDS)]
-            result = {"scheme": scheme, **measure(lab, nodes, nodes[number % len(nodes)],
-                                                  kind, f"{key}-{number}")}
+            result = {"scheme": scheme,
+                      **measure(lab, nodes, nodes[number % len(nodes)], kind,
+                                f"{key}-{number}", cold=key == "replimesh-cold")}
             print(json.dumps(result), flush=True)
             results.append(result)
             if delay is None:
@@ -218,6 +228,16 @@ def run(lab, size, files, changes, chosen):
             else:
                 syncthing.wait_synced(lab, nodes, wait_s=SETTLE_S)
     return results, version
+
+
+def close_connections(lab, node):
+    """End the SSH connections node's watcher keeps to its peers, as 120 s without a
+    round does (KEEP_CONNECTIONS_S): its next round connects again, as a change after a
+    quiet spell does."""
+    masters = "-u replimesh -f 'ControlMaster=ye[s]'"   # not this shell's own line
+    on(lab, node, f"pkill {masters} || true")
+    wait(lambda: not on(lab, node, f"pgrep {masters} || true"), 30,
+         f"{node.name}: its watcher's SSH connections did not end within 30 s")
 
 
 def scheme_of(record):
