@@ -208,7 +208,8 @@ def run(lab, size, files, changes, chosen):
     """Every chosen scheme's changes on the lab; returns their records and the version
     of Syncthing (None if it did not run)."""
     results, version = [], None
-    nodes = deploy(lab, size, files, watch="replimesh" in chosen)
+    nodes = deploy(lab, size, files,
+                   watch=any(SCHEMES[key][1] is None for key in chosen))
     for key in chosen:
         scheme, delay = SCHEMES[key]
         if delay is not None and version is None:
