@@ -158,7 +158,8 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="leave the labs up")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the results of other sizes from results/rounds.json")
+                        help="keep the results of other (nodes, files) pairs from "
+                             "results/rounds.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     trees = [int(f) for f in args.files.split(",")]
@@ -178,8 +179,10 @@ def main():
             if not args.keep:
                 control.down(lab)
     path = HERE / "results" / "rounds.json"
-    if args.merge and path.exists():   # the other sizes' records, measured before
-        results = [r for r in json.loads(path.read_text()) if r["nodes"] not in sizes] + results
+    if args.merge and path.exists():   # the other pairs' records, measured before
+        measured = {(r["nodes"], r["files"]) for r in results}
+        results = [r for r in json.loads(path.read_text())
+                   if (r["nodes"], r["files"]) not in measured] + results
         sizes = sorted({r["nodes"] for r in results})
         trees = sorted({r["files"] for r in results})
     report.save("rounds", results, table(results, sizes, trees))
