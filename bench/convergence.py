@@ -126,6 +126,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="leave the labs up")
     args = parser.parse_args()
+    report.require_plotting()
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
     for size in sizes:

@@ -342,6 +342,7 @@ def main():
                              "results/latency.json")
     parser.add_argument("--keep", action="store_true", help="leave the labs up")
     args = parser.parse_args()
+    report.require_plotting()
     sizes = [int(s) for s in args.sizes.split(",")]
     asked = set(args.schemes.split(","))
     if not asked <= set(SCHEMES):

@@ -3,6 +3,7 @@ table in README.md between the markers <!-- <name>:begin --> and <!-- <name>:end
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +18,13 @@ def save(name: str, data, table: str, folder: Path = HERE) -> None:
     head, rest = readme.split(begin)
     _, tail = rest.split(end)
     (folder / "README.md").write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+
+
+def require_plotting() -> None:
+    """Stop before a run of minutes or hours whose plot could not be drawn at its end."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("the benchmarks draw their plots with matplotlib: "
+                         "pip install -r bench/requirements.txt (make bench does)")
 
 
 def plot_area(rows: int = 1, columns: int = 1, size: tuple[float, float] = (7, 3.5)):

@@ -161,6 +161,7 @@ def main():
                         help="keep the results of other (nodes, files) pairs from "
                              "results/rounds.json")
     args = parser.parse_args()
+    report.require_plotting()
     sizes = [int(s) for s in args.sizes.split(",")]
     trees = [int(f) for f in args.files.split(",")]
     results = []

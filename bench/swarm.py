@@ -382,6 +382,7 @@ def main():
     parser.add_argument("--merge", action="store_true",
                         help="keep the results of other sizes from results/swarm.json")
     args = parser.parse_args()
+    report.require_plotting()
     faults.shape_command(args.rate)  # refuses a rate tc would not take
     began = time.monotonic()
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -139,6 +139,7 @@ def main():
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of each sample")
     parser.add_argument("--keep", action="store_true", help="leave the lab up")
     args = parser.parse_args()
+    report.require_plotting()
     counts = sorted(int(c) for c in args.folders.split(","))
     lab = Lab("wcost")
     try:
