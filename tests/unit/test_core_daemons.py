@@ -1,9 +1,12 @@
 """A daemon's start: one per lock, and a log it cannot write stops it before it detaches,
 with a line that says what to fix, not later in a child whose every line would be lost;
-one busy past the stop's wait is said to be so, and is not replaced twice."""
+one busy past the stop's wait is said to be so, and is not replaced twice; one stopped by
+a bug says where in its log (detached, its standard error goes nowhere)."""
 
 import subprocess
 import sys
+
+import pytest
 
 from plugins.module_utils.replimesh import daemons
 
@@ -21,6 +24,20 @@ def test_a_daemon_whose_log_cannot_be_written_does_not_start(tmp_path, capsys):
     assert ran == []
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"cannot write its log {log}" in error
+
+
+def test_a_daemon_stopped_by_a_bug_says_where_in_its_log(tmp_path):
+    def main():
+        return {}["a peer"]
+    log = tmp_path / "watch.log"
+    with pytest.raises(KeyError):
+        daemons.run("watcher", "node1", str(tmp_path / "watch.lock"), str(log), main)
+    said = log.read_text().splitlines()
+    assert len(said) == 1
+    assert said[0].endswith("watcher stopped by an unexpected error: KeyError: 'a peer' (at "
+                            f"test_core_daemons.py:{main.__code__.co_firstlineno + 1}); "
+                            "cron's watchdog or systemd starts it again")
+    assert daemons.lock_or_none(str(tmp_path / "watch.lock")) is not None   # let go
 
 
 def test_a_daemon_runs_once_per_lock(tmp_path, capsys):

@@ -11,7 +11,10 @@ import os
 import signal
 import sys
 import time
+import traceback
 from typing import Callable
+
+from . import journal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,5 +120,12 @@ def run(name: str, node: str, lock_path: str, log_path: str, main: Callable[[], 
     os.environ.pop("SSH_CLIENT", None)  # started over SSH: its log lines are not a client's
     try:
         return main()
+    except Exception as error:   # a bug; detached, its traceback would go to /dev/null
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        journal.write(log_path, f"{name} stopped by an unexpected error: "
+                                f"{type(error).__name__}: {error} (at "
+                                f"{os.path.basename(where.filename)}:{where.lineno}); "
+                                "cron's watchdog or systemd starts it again")
+        raise
     finally:
         lock.close()

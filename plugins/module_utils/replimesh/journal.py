@@ -43,10 +43,15 @@ def path(cfg: Config, name: str) -> str:
 
 
 def append(cfg: Config, name: str, line: str) -> None:
+    write(path(cfg, name), line)
+
+
+def write(log: str, line: str) -> None:
+    """Add line to the log at that path, stamped with the time and the client address."""
     stamp = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     client = os.environ.get("SSH_CLIENT", "").split(" ")[0] or "-"
     try:
-        with open(path(cfg, name), "a", encoding="utf-8") as out:
+        with open(log, "a", encoding="utf-8") as out:
             out.write(f"{stamp} {one_line(client, 64)} {one_line(line)}\n")
     except OSError:
-        print(f"replimesh: cannot write {cfg.log_dir}/{name}", file=sys.stderr)
+        print(f"replimesh: cannot write {log}", file=sys.stderr)
