@@ -72,6 +72,51 @@ def test_a_connection_opened_by_a_thread_outlives_the_thread(tmp_path):
     assert master.poll() is not None
 
 
+def test_two_threads_connecting_to_one_peer_at_once_share_one_connection(tmp_path):
+    # The watcher opens connections as a change comes; its round, starting meanwhile,
+    # connects to the same peers: a second master on the same socket path would unlink
+    # the first one's socket.
+    ssh = script(tmp_path, "ssh", "sleep 0.3\n" + MASTER)   # a handshake's time
+    cfg = config.parse({"node": "node1", "roots": [str(tmp_path)], "ssh": ssh,
+                        "connect_timeout": 2})
+    said = []
+    with peer_ssh.sharing():
+        openers = [threading.Thread(target=lambda: said.append(peer_ssh.connect(cfg, "10.0.0.2")))
+                   for _ in range(2)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join()
+        assert said == ["", ""] and peer_ssh.is_open("10.0.0.2")
+    with open(os.path.join(tmp_path, "masters"), encoding="utf-8") as made:
+        assert len(made.read().split()) == 1
+
+
+def test_a_connection_opened_while_idle_ones_are_closed_is_kept(tmp_path):
+    # The watcher closes its idle connections between events while its warm-up opens
+    # others: a master added midway through the look at every master (which waits on
+    # each process) stopped the watcher ("dictionary changed size during iteration").
+    cfg = cfg_with_ssh(tmp_path)
+    with peer_ssh.sharing():
+        assert peer_ssh.connect(cfg, "10.0.0.2") == ""
+        first = peer_ssh._shared["10.0.0.2"].process
+        real_poll = first.poll
+
+        def poll_while_another_connects():
+            opener = threading.Thread(target=peer_ssh.connect, args=(cfg, "10.0.0.3"))
+            opener.start()
+            opener.join(timeout=1.0)
+            return real_poll()
+        first.poll = poll_while_another_connects
+        peer_ssh.close_idle(60)
+        first.poll = real_poll
+        deadline = time.monotonic() + 10
+        while not peer_ssh.is_open("10.0.0.3"):
+            assert time.monotonic() < deadline, "the second connection never opened"
+            time.sleep(0.05)
+        assert peer_ssh.is_open("10.0.0.2")
+
+
 # A master that listens on its socket as ssh's does; `-O stop` makes it remove the socket
 # and end, as ssh's does once its last session has ended.
 LISTENING_MASTER = """for a in "$@"; do

@@ -1,6 +1,7 @@
 """The watcher's loop on this kernel's inotify, its rounds stood in for by a recorder: the
 first round is a full one, a change makes a round for its path only, what a session
-wrote makes none, a root that comes back is synced in full, and when the kernel's limit
+wrote makes none, connections are opened as a change made here comes (not for a
+session's writes), a root that comes back is synced in full, and when the kernel's limit
 runs out the watcher says so once and falls back to full rounds on a timer. (The lab
 tests run it with real rounds: tests/integration/test_watch.py.)"""
 
@@ -29,12 +30,15 @@ def watching(tmp_path, monkeypatch):
         scopes = []
         monkeypatch.setattr(watch_daemon, "run_round",
                             lambda _cfg, scope: scopes.append(scope) or [])
+        monkeypatch.setattr(watch_daemon, "open_connections",
+                            lambda _cfg: start.warm_ups.append(len(scopes)))
         watcher = watch_daemon.Watcher(cfg)
         thread = threading.Thread(target=watcher.run, daemon=True)
         thread.start()
         started.append((watcher, thread))
         return cfg, scopes
     start.started = started
+    start.warm_ups = []   # for each: how many rounds had started when it was asked
     yield start
     for watcher, thread in started:
         watcher.stop()
@@ -92,6 +96,23 @@ def test_what_a_session_wrote_starts_no_round(watching):
         out.write("made here after it")
     wait_for(lambda: len(scopes) == 2, "round for the change made here")
     assert scopes[1] == {root: ["mine.txt"]}
+
+
+def test_connections_are_opened_as_a_change_made_here_comes_not_after_its_burst(watching):
+    cfg, scopes = watching(watch_settle_s=1.0, watch_quiet_s=1.0)
+    root = cfg.roots[0]
+    wait_for(lambda: len(scopes) == 1, "first full round")
+    temporary = os.path.join(root, ".unison.in.txt.1.unison.tmp")
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write("brought by a peer")
+    os.rename(temporary, os.path.join(root, "in.txt"))
+    time.sleep(0.5)   # what a session wrote: no round follows, so no connection either
+    assert watching.warm_ups == []
+    with open(os.path.join(root, "mine.txt"), "w", encoding="utf-8") as out:
+        out.write("made here")
+    wait_for(lambda: watching.warm_ups, "connections opened for the change")
+    assert watching.warm_ups == [1], "opened only once its round had started"
+    wait_for(lambda: len(scopes) == 2, "round for the change")
 
 
 def test_a_root_that_comes_back_is_synced_in_full(watching, tmp_path):

@@ -53,6 +53,11 @@ _kept: list[bool] = []              # within sharing(): whether it is kept_folde
 # that started it (children.tied), and a round's connect() calls come from pool threads
 # that end with the round, while its connections may be kept for the next.
 _starter: list[ThreadPoolExecutor] = []
+# One connect() at a time per address: the watcher's warm-up (round.open_connections) and
+# its round may both connect to a peer; the second waits for the first and takes its
+# connection. _guard: _shared changes as one step (connect's threads, close_idle).
+_connecting: dict[str, threading.Lock] = {}
+_guard = threading.Lock()
 MASTER_WAIT_S = 5.0                 # beyond the connect timeout, for the login
 # A socket's path, with the random suffix ssh adds while it binds, must fit in sun_path
 # (108 bytes on Linux).
@@ -192,9 +197,10 @@ def close_idle(seconds: float) -> None:
     of them, at once, when seconds < 0. The watcher's are stopped (`ssh -O stop`) and
     reaped later: a session of another process under way over one ends first."""
     now = time.monotonic()
-    idle = [a for a, m in _shared.items()
-            if m.process.poll() is not None or now - m.used > seconds]
-    closing = [_shared.pop(address) for address in idle]
+    with _guard:
+        idle = [a for a, m in _shared.items()
+                if m.process.poll() is not None or now - m.used > seconds]
+        closing = [_shared.pop(address) for address in idle]
     if _kept and seconds >= 0:
         for master in closing:
             if master.process.poll() is None:
@@ -224,17 +230,29 @@ def _stop(master: Master) -> None:
                        stderr=subprocess.DEVNULL, timeout=5, check=False)
 
 
+def is_open(address: str) -> bool:
+    """Whether this process's shared connection to address is up."""
+    master = _shared.get(address)
+    return master is not None and master.process.poll() is None
+
+
 def connect(cfg: Config, address: str) -> str:
     """Open the shared connection to address (within sharing(); once): "" when it is up
     (or not within sharing(), or the watcher's is up), else ssh's reason; the calls
     then connect by themselves."""
     if not _folder:
         return ""
-    master = _shared.get(address)
-    if master is not None:
-        if master.process.poll() is None:
-            return ""
-        del _shared[address]   # it ended (the peer restarted?): connect again
+    with _connecting.setdefault(address, threading.Lock()):
+        return _connect(cfg, address)
+
+
+def _connect(cfg: Config, address: str) -> str:
+    with _guard:
+        master = _shared.get(address)
+        if master is not None:
+            if master.process.poll() is None:
+                return ""
+            del _shared[address]   # it ended (the peer restarted?): connect again
     if not _kept and _watchers(cfg, address) is not None:
         return ""
     path = _socket_path(_folder[0], address)
@@ -254,7 +272,8 @@ def connect(cfg: Config, address: str) -> str:
             return said[-1] if said else f"ssh exited with status {process.returncode}"
         time.sleep(0.01)
     process.stderr.close()
-    _shared[address] = Master(process, path, cfg.ssh)
+    with _guard:
+        _shared[address] = Master(process, path, cfg.ssh)
     return ""
 
 

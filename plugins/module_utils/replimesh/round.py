@@ -246,6 +246,20 @@ def _refuse_if_removed(cfg: Config, peers: peer_list.Peers) -> None:
                       "(its data is left as it is)")
 
 
+def open_connections(cfg: Config) -> None:
+    """Open the shared connection to every active peer that has none, side by side, and
+    wait for them (within the watcher's peer_ssh.sharing()). The watcher calls it as a
+    burst of changes made here starts, so the handshakes overlap the burst's settle time
+    instead of adding to its round."""
+    entries = [e for e in peer_list.rotated(membership.load(cfg), cfg.node)
+               if not any(peer_ssh.is_open(a) for a in e.addresses)]
+    if entries:
+        reach = Reach(cfg, entries, share=True)
+        for entry in entries:
+            reach.address(entry)
+        reach.pool.shutdown()
+
+
 class Reach:
     """The first reachable address of every peer of the round, looked for at once when
     the round starts, each peer's shared SSH connection opened with it (share): a round

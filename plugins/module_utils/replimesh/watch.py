@@ -42,6 +42,11 @@ class Changes:
         return bool(self.everything or self.paths or self.unsure or self.moved_from)
 
     @property
+    def made_here(self) -> bool:
+        """Whether a process of this node surely changed something (a round will follow)."""
+        return bool(self.paths or self.writing)
+
+    @property
     def settled(self) -> bool:
         """Every file written was closed since (so a short wait will do); lost events
         leave that unknown."""

@@ -19,7 +19,7 @@ import time
 from . import daemons, inotify, journal, markers, peer_ssh, replica, replica_history, watch
 from .config import Config
 from .errors import ReplimeshError
-from .round import FAILED, PeerResult, run_round
+from .round import FAILED, PeerResult, open_connections, run_round
 
 LOG = "watch.log"
 # How often the watcher looks again for a root that was missing (an unmounted disk),
@@ -57,6 +57,7 @@ class Watcher:
         self.stopped = threading.Event()    # run() is done: nothing left to cut short
         self.wake, self.waker = os.pipe()   # stop() wakes the wait for events
         self.markers: markers.Keeper | None = None   # while every root is watched
+        self.warming: threading.Thread | None = None   # opening connections ahead
         threading.Thread(target=self._heartbeat, daemon=True).start()
 
     def log(self, line: str) -> None:
@@ -79,6 +80,8 @@ class Watcher:
             due = self.take_due()
             if due:
                 self.round(due)
+        if self.warming is not None:   # its connections close with sharing()
+            self.warming.join()
         self.forget_markers()
         if self.notify is not None:
             self.notify.close()
@@ -144,6 +147,23 @@ class Watcher:
         now = time.monotonic()
         for burst in self.bursts.values():
             burst.noted(now)
+        if any(b.changes.made_here for b in self.bursts.values()):
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """A change made here will start a round: open the connections it needs now, in
+        the background, while the burst settles (a round after a quiet spell would pay
+        every handshake first). Not for what sessions wrote: no round follows it."""
+        if self.warming is not None and self.warming.is_alive():
+            return
+        self.warming = threading.Thread(target=self._open_connections, daemon=True)
+        self.warming.start()
+
+    def _open_connections(self) -> None:
+        try:
+            open_connections(self.cfg)
+        except (ReplimeshError, OSError) as error:   # the round will say it again
+            self.log(f"connections not opened ahead of the round: {error}")
 
     def handle(self, events: list[inotify.Event]) -> None:
         touched: dict[str, set[str]] = {}   # root -> the paths that may have changed
