@@ -94,7 +94,7 @@ def write_peers(path, peers):
 
 def authorized(cfg):
     """The key lines sshd gets for the node's sync user (as its keys program gives them)."""
-    joined, _, _ = authorized_keys.take(cfg, membership.load(cfg))
+    joined = authorized_keys.take(cfg, membership.load(cfg))[0]
     return authorized_keys.lines(cfg, joined)
 
 

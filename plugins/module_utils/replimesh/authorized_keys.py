@@ -10,11 +10,13 @@ node back), and the active peers of the copy are printed, each forced to `replim
 serve`. A connection with nothing new costs no ssh-keygen call.
 
 `replimesh-authorized-keys --seed FILE|-` joins the deploy's signed list into the copy
-the same way (the deploy runs it as the keys user).
+the same way (the deploy runs it as the keys user). What it prints for the sync user is
+kept for keys_given, which prints it again while nothing it came from changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -23,7 +25,7 @@ import sys
 from typing import Any
 
 from . import config as node_config
-from . import peer_input, signature, state
+from . import keys_given, peer_input, signature, state
 from . import peers as peer_list
 from .config import Config
 from .errors import ReplimeshError
@@ -35,6 +37,7 @@ MAX_LIST_BYTES = 4 << 20
 # bounded time (the rest wait for later calls, or are refused by then).
 MAX_VERIFY = 64
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+CODE = os.path.dirname(os.path.abspath(__file__))   # a new deploy of it renames files in
 
 
 def read_bounded(path: str, limit: int | None = None) -> Any:
@@ -77,8 +80,9 @@ def lines(cfg: Config, peers: Peers) -> str:
         for e in (peers[n] for n in sorted(peers)) if e.active and e.name != cfg.node)
 
 
-def take(cfg: Config, offered: Peers) -> tuple[Peers, list[str], list[str]]:
-    """Join offered into the keys user's copy, under its lock; (copy, changed, refused)."""
+def take(cfg: Config, offered: Peers) -> tuple[Peers, list[str], list[str], str]:
+    """Join offered into the keys user's copy, under its lock; (copy, changed, refused,
+    the identity of the copy's file as it holds that copy)."""
     with open(cfg.keys_copy + ".lock", "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         mine = load_copy(cfg)
@@ -86,7 +90,8 @@ def take(cfg: Config, offered: Peers) -> tuple[Peers, list[str], list[str]]:
         changed = sorted(n for n in joined if mine.get(n) != joined[n])
         if changed:
             state.write_json(cfg.keys_copy, peer_list.to_json(joined))
-    return joined, changed, refused
+        held = keys_given.identity(cfg.keys_copy)
+    return joined, changed, refused, held
 
 
 def load_copy(cfg: Config) -> Peers:
@@ -96,15 +101,26 @@ def load_copy(cfg: Config) -> Peers:
     return peer_list.parse(read_bounded(cfg.keys_copy), cfg.keys_copy)
 
 
-def main(argv: list[str] | None = None) -> int:
+def keep(given: str, user: str, sources: dict[str, str], text: str) -> None:
+    """Keep text for keys_given: a cache, so one that cannot be written is left out."""
+    head = keys_given.header(user, sources)
+    if head is not None:
+        with contextlib.suppress(OSError):
+            state.write_text(given, head + text)
+
+
+def main(argv: list[str] | None = None, given: str | None = None) -> int:
+    """given: where to keep what is printed for the sync user (keys_given)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = node_config.load()
+        config_path = os.environ.get(keys_given.ENVIRONMENT) or node_config.DEFAULT_PATH
+        sources = {config_path: keys_given.identity(config_path)}   # before it is read
+        cfg = node_config.load(config_path)
         if argv[:1] == ["--seed"] and len(argv) == 2:
             source = argv[1]
             data = (parse_json(sys.stdin.buffer.read(MAX_LIST_BYTES + 1), "stdin")
                     if source == "-" else read_bounded(source))
-            _, changed, refused = take(cfg, peer_list.parse(data, source))
+            _, changed, refused, _ = take(cfg, peer_list.parse(data, source))
             print(json.dumps({"changed": changed, "refused": refused}))
             return EXIT_REFUSED if refused else EXIT_OK
         if len(argv) != 1 or argv[0].startswith("-"):
@@ -112,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if argv[0] != cfg.user:
             return EXIT_OK   # keys of other users are not ours to give
+        sources.update((path, keys_given.identity(path)) for path in (cfg.peers_file, CODE))
         offered = peer_list.parse(read_bounded(cfg.peers_file), cfg.peers_file)
-        joined, _, refused = take(cfg, offered)
+        joined, _, refused, sources[cfg.keys_copy] = take(cfg, offered)
         if refused:
             print(f"replimesh-authorized-keys: {len(refused)} entries of {cfg.peers_file} "
                   f"are not signed by the operator ({', '.join(refused[:5])}): ignored",
                   file=sys.stderr)
-        sys.stdout.write(lines(cfg, joined))
+        text = lines(cfg, joined)
+        sys.stdout.write(text)
+        if given and not refused:   # refused ones are checked again at the next login
+            keep(given, cfg.user, sources, text)
         return EXIT_OK
     except ReplimeshError as error:
         why = str(error)

@@ -1,5 +1,5 @@
 """The node's small files: the state file (the last result of every peer, read by
-`replimesh status`), JSON written atomically, and lock files held while waiting."""
+`replimesh status`), JSON and text written atomically, and lock files held while waiting."""
 
 from __future__ import annotations
 
@@ -56,12 +56,16 @@ def write_json(path: str, data: Any, compact: bool = False) -> None:
     encoder, three times faster than the indented one (0.3 s for 100k files)."""
     text = (json.dumps(data, sort_keys=True, separators=(",", ":")) if compact
             else json.dumps(data, indent=2, sort_keys=True))
+    write_text(path, text + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write through a temporary file in the same folder (mode 0600), then rename."""
     folder = os.path.dirname(path) or "."
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
-            out.write("\n")
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
