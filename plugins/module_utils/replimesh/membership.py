@@ -16,12 +16,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import journal, peer_input, peer_ssh, signature
+from . import journal, peer_input, peer_ssh, signature, state
 from . import peers as peer_list
 from .config import DEPLOY_HINT, Config, read_json
 from .errors import ConfigError
@@ -84,7 +83,7 @@ def accept(cfg: Config, incoming: Peers, source: str, write: bool = True,
         peer_list.parse(peer_list.to_json(outcome.after), f"the list merged from {source}")
         if write:
             if taken:
-                _write(cfg.peers_file, peer_list.dumps(outcome.after), 0o644)
+                state.write_text(cfg.peers_file, peer_list.dumps(outcome.after), 0o644)
                 for name in outcome.changed:
                     journal.append(cfg, LOG, f"took {peer_list.describe(taken[name])} "
                                              f"from {source}")
@@ -134,7 +133,7 @@ def apply(cfg: Config, peers: Peers) -> bool:
                 return False
     except OSError:
         pass
-    _write(cfg.known_hosts, text, 0o644)
+    state.write_text(cfg.known_hosts, text, 0o644)
     return True
 
 
@@ -200,16 +199,3 @@ def _locked(cfg: Config):
     with open(cfg.peers_file + ".lock", "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-def _write(path: str, text: str, mode: int) -> None:
-    """Through a temporary file in the same folder, then rename: never half a file."""
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -59,13 +59,14 @@ def write_json(path: str, data: Any, compact: bool = False) -> None:
     write_text(path, text + "\n")
 
 
-def write_text(path: str, text: str) -> None:
-    """Write through a temporary file in the same folder (mode 0600), then rename."""
+def write_text(path: str, text: str, mode: int = 0o600) -> None:
+    """Write through a temporary file in the same folder, then rename: never half a file."""
     folder = os.path.dirname(path) or "."
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
