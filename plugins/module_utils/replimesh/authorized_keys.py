@@ -44,13 +44,11 @@ def read_bounded(path: str, limit: int | None = None) -> Any:
     """JSON of a file someone else controls: no link, regular file, at most limit bytes."""
     limit = MAX_LIST_BYTES if limit is None else limit
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        found, data = keys_given.read_regular(path, limit)
     except OSError as error:
         raise ReplimeshError(f"cannot open {path}: {error.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ReplimeshError(f"{path} is not a regular file")
-        data = handle.read(limit + 1)
+    if not stat.S_ISREG(found.st_mode):
+        raise ReplimeshError(f"{path} is not a regular file")
     if len(data) > limit:
         raise ReplimeshError(f"{path} is larger than {limit} bytes")
     return parse_json(data, path)
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None, given: str | None = None) -> int:
     """given: where to keep what is printed for the sync user (keys_given)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        config_path = os.environ.get(keys_given.ENVIRONMENT) or node_config.DEFAULT_PATH
+        config_path = node_config.path_in_use()
         sources = {config_path: keys_given.identity(config_path)}   # before it is read
         cfg = node_config.load(config_path)
         if argv[:1] == ["--seed"] and len(argv) == 2:

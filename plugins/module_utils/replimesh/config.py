@@ -105,8 +105,13 @@ POLICIES = ("newer", "keep-both")
 PREFER = "prefer:"
 
 
+def path_in_use() -> str:
+    """The config's path: $REPLIMESH_CONFIG's, or the default."""
+    return os.environ.get("REPLIMESH_CONFIG", DEFAULT_PATH)
+
+
 def load(path: str | None = None) -> Config:
-    path = path or os.environ.get("REPLIMESH_CONFIG", DEFAULT_PATH)
+    path = path or path_in_use()
     return parse(read_json(path, "config", DEPLOY_HINT + " (or point REPLIMESH_CONFIG at "
                                              "the node's config)"), path)
 

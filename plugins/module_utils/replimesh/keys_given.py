@@ -83,19 +83,24 @@ def identity(path: str) -> str:
     return f"{found.st_dev}:{found.st_ino}:{found.st_size}:{found.st_mtime_ns}"
 
 
+def read_regular(path: str, limit: int) -> tuple[os.stat_result, bytes]:
+    """A file someone else may control, not through a link, and without blocking on a
+    fifo: its status and, when it is a regular file, at most limit + 1 bytes of it (so
+    that the caller sees it is too large). OSError when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        found = os.fstat(fd)
+        return found, handle.read(limit + 1) if stat.S_ISREG(found.st_mode) else b""
+
+
 def _read(given: str) -> str | None:
     """The kept file, if it is this user's own regular file that no one else can write."""
     try:
-        fd = os.open(given, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        found, data = read_regular(given, MAX_BYTES)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        found = os.fstat(fd)
-        if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid() \
-                or found.st_mode & 0o022:
-            return None
-        data = handle.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid() \
+            or found.st_mode & 0o022 or len(data) > MAX_BYTES:
         return None
     try:
         return data.decode("utf-8")
