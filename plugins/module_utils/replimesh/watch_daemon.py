@@ -140,6 +140,7 @@ class Watcher:
             return
         if self.notify not in ready:
             return
+        made_before = self.made_here()
         try:
             self.handle(self.notify.read())
         except inotify.Exhausted as error:   # a new folder's watch: the limit ran out
@@ -147,8 +148,11 @@ class Watcher:
         now = time.monotonic()
         for burst in self.bursts.values():
             burst.noted(now)
-        if any(b.changes.made_here for b in self.bursts.values()):
+        if not made_before and self.made_here():   # once per burst, not per event
             self.warm_up()
+
+    def made_here(self) -> bool:
+        return any(b.changes.made_here for b in self.bursts.values())
 
     def warm_up(self) -> None:
         """A change made here will start a round: open the connections it needs now, in
