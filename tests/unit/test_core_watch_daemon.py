@@ -84,14 +84,19 @@ def test_a_file_still_open_for_writing_holds_its_round_until_closed(watching):
     assert scopes[1] == {root: ["growing.bin"]}
 
 
+def write_as_a_session(root, name):
+    """As Unison and pushes write: a temporary file renamed into place."""
+    temporary = os.path.join(root, f".unison.{name}.1.unison.tmp")
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write("brought by a peer")
+    os.rename(temporary, os.path.join(root, name))
+
+
 def test_what_a_session_wrote_starts_no_round(watching):
     cfg, scopes = watching()
     root = cfg.roots[0]
     wait_for(lambda: len(scopes) == 1, "first full round")
-    temporary = os.path.join(root, ".unison.in.txt.1.unison.tmp")
-    with open(temporary, "w", encoding="utf-8") as out:
-        out.write("brought by a peer")
-    os.rename(temporary, os.path.join(root, "in.txt"))
+    write_as_a_session(root, "in.txt")
     with open(os.path.join(root, "mine.txt"), "w", encoding="utf-8") as out:
         out.write("made here after it")
     wait_for(lambda: len(scopes) == 2, "round for the change made here")
@@ -102,10 +107,7 @@ def test_connections_are_opened_as_a_change_made_here_comes_not_after_its_burst(
     cfg, scopes = watching(watch_settle_s=1.0, watch_quiet_s=1.0)
     root = cfg.roots[0]
     wait_for(lambda: len(scopes) == 1, "first full round")
-    temporary = os.path.join(root, ".unison.in.txt.1.unison.tmp")
-    with open(temporary, "w", encoding="utf-8") as out:
-        out.write("brought by a peer")
-    os.rename(temporary, os.path.join(root, "in.txt"))
+    write_as_a_session(root, "in.txt")
     time.sleep(0.5)   # what a session wrote: no round follows, so no connection either
     assert watching.warm_ups == []
     with open(os.path.join(root, "mine.txt"), "w", encoding="utf-8") as out:
